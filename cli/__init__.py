@@ -1,0 +1,1 @@
+"""ebgen.cli — the `ebgen` command-line interface (one module per command)."""

@@ -1,0 +1,70 @@
+"""`ebgen train`: wraps `ebgen.train.train`."""
+from __future__ import annotations
+
+import click
+
+from .options import device_option, seed_option
+
+
+@click.command("train")
+@click.option("--preset", default="toy2d", show_default=True, metavar="NAME",
+              help="Starting config: tiny, toy2d, mnist, cifar10, celeba64.")
+@click.option("--dataset", default=None, metavar="NAME",
+              help="8gaussians, 25gaussians, swissroll, shapes (built in), or a format read from "
+                   "--data: points, mnist, cifar10, images. (default: from preset)")
+@click.option("--data", "path", default=None, metavar="PATH",
+              help="Data file or folder: N×2 .npy/.csv, an MNIST IDX folder, CIFAR-10 python "
+                   "batches, or a folder of PNG/JPEG images.")
+@click.option("--steps", type=int, default=None, help="Training steps. (default: from preset)")
+@click.option("--batch-size", type=int, default=None,
+              help="Minibatch per process. (default: from preset)")
+@click.option("--z-dim", type=int, default=None, help="Latent dimensions. (default: from preset)")
+@click.option("--num-experts", type=int, default=None,
+              help="Softplus experts in the energy. (default: from preset)")
+@click.option("--image-size", type=int, default=None,
+              help="Image side in px: 8, 16, 28, 32 or 64. (default: from preset)")
+@click.option("--channels", type=int, default=None, help="1 (grey) or 3 (RGB). (default: from preset)")
+@click.option("--latent", type=click.Choice(["uniform", "normal"]), default=None,
+              help="Latent distribution. (default: uniform)")
+@click.option("--objective", type=click.Choice(["ddgm", "gan"]), default=None,
+              help="ddgm (energy + entropy, Kim & Bengio) or gan (same nets). (default: ddgm)")
+@click.option("--optimizer", type=click.Choice(["adam", "adagrad"]), default=None,
+              help="adam, or adagrad (the authors' choice). (default: adam)")
+@click.option("--lr-energy", type=float, default=None, help="Energy learning rate. (default: from preset)")
+@click.option("--lr-generator", type=float, default=None,
+              help="Generator learning rate. (default: from preset)")
+@click.option("--entropy-weight", type=float, default=None, help="Weight of H(G). (default: 1.0)")
+@click.option("--noise-std", type=float, default=None,
+              help="Noise on generator hidden pre-activations. (default: 0.01)")
+@seed_option(default=None)
+@device_option(default=None)
+@click.option("--out", default=None, metavar="DIR",
+              help="Checkpoint directory. (default: runs/PRESET)")
+@click.option("--resume", is_flag=True,
+              help="Continue the checkpoint in --out (its saved config; --steps may extend it).")
+@click.option("--sample-every", type=int, default=None, help="Steps between sample grids/plots.")
+@click.option("--checkpoint-every", type=int, default=None, help="Steps between checkpoints.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(preset, resume, out, quiet, **fields) -> None:
+    """Train the energy model and the generator together.
+
+    \b
+    Examples:
+      ebgen train --preset tiny --out runs/tiny
+      ebgen train --preset toy2d --dataset 8gaussians --out runs/ring
+      ebgen train --preset mnist --data ~/data/mnist --steps 200 --out runs/mnist
+      ebgen train --out runs/ring --resume --steps 10000
+      torchrun --nproc_per_node 2 $(which ebgen) train --preset tiny --out runs/ddp
+    """
+    from ebgen.config import preset_config
+    from ebgen.train import resume_config, train
+
+    out = out or f"runs/{preset}"
+    if resume:
+        config = resume_config(out, steps=fields["steps"], device=fields["device"],
+                               sample_every=fields["sample_every"],
+                               checkpoint_every=fields["checkpoint_every"])
+    else:
+        config = preset_config(preset, **fields)
+    result = train(config, out, resume=resume, progress=not quiet)
+    click.echo(f"step {result['step']}: checkpoint in {out}")

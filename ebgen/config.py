@@ -1,0 +1,182 @@
+"""Configuration dataclasses and presets.
+
+A `Config` (model + data + training) is saved as `config.json` beside the weights, so every
+checkpoint rebuilds itself. CLI options mirror field names (`--z-dim` ↔ `z_dim`). Presets are
+named starting points: `tiny` (tests, seconds on CPU), `toy2d`, `mnist`, `cifar10`, `celeba64`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import EbgenError
+
+#: Image sizes the convolutional nets support.
+IMAGE_SIZES = (8, 16, 28, 32, 64)
+OBJECTIVES = ("ddgm", "gan")
+OPTIMIZERS = ("adam", "adagrad")
+
+
+@dataclass
+class ModelConfig:
+    """The two networks' architecture; everything needed to rebuild them."""
+
+    kind: str = "points"          # "points" (MLP nets on 2-D data) or "image" (conv nets)
+    data_dim: int = 2             # points: input dimension
+    image_size: int = 28          # image: height = width, one of IMAGE_SIZES
+    channels: int = 1             # image: 1 (grey) or 3 (RGB)
+    z_dim: int = 16
+    latent: str = "uniform"       # "uniform" U(-1, 1) or "normal" N(0, 1)
+    num_experts: int = 128        # softplus experts in the energy
+    energy_width: int = 128       # MLP hidden units, or base conv channels
+    generator_width: int = 128    # MLP hidden units, or base conv channels
+    depth: int = 3                # MLP hidden layers (points only)
+    noise_std: float = 0.01       # noise on the generator's hidden pre-activations (training)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("points", "image"):
+            raise EbgenError(f"model kind must be 'points' or 'image', got {self.kind!r}")
+        if self.kind == "image" and self.image_size not in IMAGE_SIZES:
+            raise EbgenError(f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
+        if self.kind == "image" and self.channels not in (1, 3):
+            raise EbgenError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.latent not in ("uniform", "normal"):
+            raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
+        if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
+            raise EbgenError("z_dim, num_experts and depth must be positive")
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (data_dim,) for points, (C, H, W) for images."""
+        if self.kind == "points":
+            return (self.data_dim,)
+        return (self.channels, self.image_size, self.image_size)
+
+
+@dataclass
+class DataConfig:
+    """Where training data comes from."""
+
+    dataset: str = "8gaussians"   # a built-in name (8gaussians, 25gaussians, swissroll, shapes)
+    #                               or a format (points, mnist, cifar10, images) read from `path`
+    path: str | None = None       # a file or folder; the format is guessed when `dataset` is None
+    num_points: int = 100_000     # size of a generated (built-in) data set
+    holdout_fraction: float = 0.1 # share held out for evaluation when no test split exists
+
+
+@dataclass
+class TrainConfig:
+    """How the two networks are trained."""
+
+    objective: str = "ddgm"       # "ddgm" (Kim & Bengio) or "gan" (non-saturating GAN, same nets)
+    steps: int = 5000
+    batch_size: int = 256
+    optimizer: str = "adam"       # "adam" or "adagrad" (the authors' choice)
+    lr_energy: float = 1e-3
+    lr_generator: float = 1e-3
+    weight_decay: float = 1e-5    # L2 on the energy's parameters
+    beta1: float = 0.5            # Adam betas
+    beta2: float = 0.9
+    entropy_weight: float = 1.0   # weight of H(G) in the generator loss
+    seed: int = 0
+    device: str = "auto"          # "auto", "cpu", "cuda", "cuda:N"
+    amp: bool = True              # bf16 autocast when on CUDA
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    num_eval_samples: int = 64    # fixed latents for sample grids / plots
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise EbgenError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise EbgenError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.steps < 0 or self.batch_size < 2:
+            raise EbgenError("steps must be >= 0 and batch size >= 2 (batch norm needs 2)")
+
+
+@dataclass
+class Config:
+    """Everything a run needs; saved as config.json beside the weights."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "toy2d"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        """Rebuild from `to_dict()` output, ignoring keys this version does not know."""
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            known = {f.name for f in dataclasses.fields(kind)}
+            return kind(**{k: v for k, v in values.items() if k in known})
+
+        return cls(model=build(ModelConfig, d.get("model", {})),
+                   data=build(DataConfig, d.get("data", {})),
+                   train=build(TrainConfig, d.get("train", {})),
+                   preset=d.get("preset", "custom"))
+
+
+def _preset(model: dict, data: dict, train: dict) -> dict[str, dict]:
+    return {"model": model, "data": data, "train": train}
+
+
+PRESETS: dict[str, dict[str, dict]] = {
+    # Seconds on a CPU: 8×8 grey synthetic shapes, small nets.
+    "tiny": _preset(
+        dict(kind="image", image_size=8, channels=1, z_dim=16, num_experts=32,
+             energy_width=8, generator_width=8),
+        dict(dataset="shapes", num_points=2048),
+        dict(steps=40, batch_size=32, lr_energy=1e-3, lr_generator=1e-3, beta2=0.999,
+             sample_every=20, checkpoint_every=20, log_every=10, num_eval_samples=16)),
+    "toy2d": _preset(
+        dict(kind="points", z_dim=16, num_experts=128, energy_width=128, generator_width=128,
+             depth=3),
+        dict(dataset="8gaussians"),
+        dict(steps=5000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3,
+             sample_every=1000, checkpoint_every=1000, num_eval_samples=1000)),
+    "mnist": _preset(
+        dict(kind="image", image_size=28, channels=1, z_dim=100, num_experts=1024,
+             energy_width=64, generator_width=64),
+        dict(dataset="mnist"),
+        dict(steps=20000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
+             sample_every=500, checkpoint_every=1000)),
+    "cifar10": _preset(
+        dict(kind="image", image_size=32, channels=3, z_dim=100, num_experts=1024,
+             energy_width=64, generator_width=64),
+        dict(dataset="cifar10"),
+        dict(steps=50000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
+             sample_every=1000, checkpoint_every=2000)),
+    "celeba64": _preset(
+        dict(kind="image", image_size=64, channels=3, z_dim=100, num_experts=1024,
+             energy_width=64, generator_width=64),
+        dict(dataset="images"),
+        dict(steps=50000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
+             sample_every=1000, checkpoint_every=2000)),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> Config:
+    """The config of preset `name`, with field overrides (None values are ignored).
+
+    Override keys are field names of any section (`z_dim`, `steps`, `path`, ...).
+    """
+    if name not in PRESETS:
+        raise EbgenError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    sections = {k: dict(v) for k, v in PRESETS[name].items()}
+    owners = {f.name: sec for sec, kind in (("model", ModelConfig), ("data", DataConfig),
+                                            ("train", TrainConfig))
+              for f in dataclasses.fields(kind)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in owners:
+            raise EbgenError(f"unknown config field {key!r}")
+        sections[owners[key]][key] = value
+    return Config(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
+                  train=TrainConfig(**sections["train"]), preset=name)

@@ -1,0 +1,127 @@
+"""The two networks of Kim & Bengio (2016): `EnergyModel` E(x) and `Generator` G(z).
+
+Images are float tensors `x` (N, C, H, W) in [-1, 1]; 2-D points are `x` (N, 2). Image nets are
+DCGAN-like convolutional stacks (8, 16, 28, 32 and 64 px, grey or RGB); point nets are MLPs.
+`build_models(config)` makes both from a `ModelConfig`, which is all a checkpoint needs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import ModelConfig
+
+
+def _base_size(image_size: int) -> int:
+    """Spatial size of the smallest feature map: 7 for 28 px (28 → 14 → 7), else 4."""
+    return 7 if image_size == 28 else 4
+
+
+def _num_resamples(image_size: int) -> int:
+    """How many stride-2 steps separate the image from the base feature map."""
+    return int(round(math.log2(image_size // _base_size(image_size))))
+
+
+class HiddenNoise(nn.Module):
+    """Adds N(0, std²) noise in training mode (keeps the batch-norm entropy estimate honest)."""
+
+    def __init__(self, std: float) -> None:
+        super().__init__()
+        self.std = std
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training and self.std > 0:
+            return h + self.std * torch.randn_like(h)
+        return h
+
+
+class EnergyModel(nn.Module):
+    """E(x), the energy: p(x) ∝ exp(-E(x)), so **lower energy means more probable**.
+
+    E(x) = ‖x‖² / (2σ²) − bᵀx − Σ_i softplus(w_iᵀ f(x) + c_i): a Gaussian prior with learnable
+    scale σ and bias b, plus a product of softplus experts over deep features f (a strided
+    conv net for images, an MLP for points). There is no batch norm, so each sample's energy
+    depends on that sample alone. Returns `energy` of shape (N,).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.energy_width
+        if config.kind == "points":
+            layers: list[nn.Module] = []
+            size_in = config.data_dim
+            for _ in range(config.depth):
+                layers += [nn.Linear(size_in, width), nn.LeakyReLU(0.2)]
+                size_in = width
+            self.features = nn.Sequential(*layers)
+            feature_dim = width
+        else:
+            layers = []
+            channels_in, channels = config.channels, width
+            for _ in range(_num_resamples(config.image_size)):
+                layers += [nn.Conv2d(channels_in, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+                channels_in, channels = channels, channels * 2
+            layers.append(nn.Flatten())
+            self.features = nn.Sequential(*layers)
+            feature_dim = channels_in * _base_size(config.image_size) ** 2
+        input_dim = math.prod(config.sample_shape)
+        self.log_sigma = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(input_dim))
+        self.experts = nn.Linear(feature_dim, config.num_experts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        prior = flat.pow(2).sum(1) * (0.5 * torch.exp(-2 * self.log_sigma)) - flat @ self.bias
+        experts = F.softplus(self.experts(self.features(x))).sum(1)
+        return (prior - experts).float()
+
+
+class Generator(nn.Module):
+    """G(z): a directed net from latents `z` (N, z_dim) to samples `x`.
+
+    Batch norm follows every hidden layer (its scales give the entropy estimate) and, in
+    training mode, N(0, noise_std²) is added to each normalised pre-activation. Image outputs
+    pass through tanh into [-1, 1]; point outputs are unbounded.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, noise = config.generator_width, config.noise_std
+        if config.kind == "points":
+            layers: list[nn.Module] = []
+            size_in = config.z_dim
+            for _ in range(config.depth):
+                layers += [nn.Linear(size_in, width), nn.BatchNorm1d(width), HiddenNoise(noise),
+                           nn.ReLU()]
+                size_in = width
+            layers.append(nn.Linear(size_in, config.data_dim))
+            self.net = nn.Sequential(*layers)
+        else:
+            base, steps = _base_size(config.image_size), _num_resamples(config.image_size)
+            channels = width * 2 ** (steps - 1)
+            layers = [nn.Linear(config.z_dim, channels * base * base, bias=False),
+                      nn.BatchNorm1d(channels * base * base), HiddenNoise(noise), nn.ReLU(),
+                      nn.Unflatten(1, (channels, base, base))]
+            for _ in range(steps - 1):
+                layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
+                           nn.BatchNorm2d(channels // 2), HiddenNoise(noise), nn.ReLU()]
+                channels //= 2
+            layers += [nn.ConvTranspose2d(channels, config.channels, 4, 2, 1), nn.Tanh()]
+            self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).float()
+
+    def batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        """Every batch-norm layer, in order (their scales γ give the entropy estimate)."""
+        return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def build_models(config: ModelConfig) -> tuple[EnergyModel, Generator]:
+    """A fresh (energy, generator) pair for `config`."""
+    return EnergyModel(config), Generator(config)

@@ -1,0 +1,29 @@
+"""ONNX input/output names and artefact file names, defined once.
+
+Exporters, runtimes, handlers and servers all import these; none spells them out itself.
+"""
+
+#: generator.onnx: latent in, image (or 2-D point) out.
+GENERATOR_INPUT = "z"
+GENERATOR_OUTPUT = "x"
+#: generator_uint8.onnx: same input, uint8 pixels out.
+GENERATOR_UINT8_OUTPUT = "pixels"
+#: energy.onnx: sample in, energy per sample out.
+ENERGY_INPUT = "x"
+ENERGY_OUTPUT = "energy"
+#: The named dynamic axis of every ONNX input and output.
+BATCH_AXIS = "batch"
+
+# Checkpoint directory (ebgen train).
+CONFIG_FILE = "config.json"
+ENERGY_WEIGHTS = "energy.safetensors"
+GENERATOR_WEIGHTS = "generator.safetensors"
+TRAINER_STATE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+
+# Model directory (ebgen export).
+MODEL_FILE = "model.json"
+GENERATOR_ONNX = "generator.onnx"
+GENERATOR_UINT8_ONNX = "generator_uint8.onnx"
+ENERGY_ONNX = "energy.onnx"

@@ -1,0 +1,86 @@
+"""Tests of the 2-D metrics: VEEGAN mode coverage, the grid KL, the KDE and the eval report."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ebgen.metrics2d import (default_box, energy_grid, evaluate_points, grid_kl,
+                             kde_log_density, mode_metrics)
+from ebgen.toy2d import get_toy_set
+
+RING = get_toy_set("8gaussians")
+BOX = default_box(RING.sample(5000, np.random.default_rng(1)))
+
+
+def test_mode_metrics_exact_samples_cover_all_modes():
+    m = mode_metrics(RING.sample(2500, np.random.default_rng(0)), RING.centers, RING.std)
+    assert m["modes"] == 8 and m["num_modes"] == 8
+    assert m["high_quality"] >= 0.99
+
+
+def test_mode_metrics_three_modes_and_noise():
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 3, 1000)
+    x = RING.centers[idx] + RING.std * rng.standard_normal((1000, 2))
+    assert mode_metrics(x, RING.centers, RING.std)["modes"] == 3
+    noise = rng.uniform([BOX[0], BOX[2]], [BOX[1], BOX[3]], size=(2500, 2))
+    assert mode_metrics(noise, RING.centers, RING.std)["high_quality"] < 0.1
+    bad = np.full((10, 2), np.nan)
+    assert mode_metrics(bad, RING.centers, RING.std) == {"modes": 0, "num_modes": 8,
+                                                        "high_quality": 0.0}
+
+
+def test_default_box_is_square_with_margin():
+    x0, x1, y0, y1 = default_box(np.array([[0.0, 0.0], [2.0, 1.0]]))
+    assert math.isclose(x1 - x0, y1 - y0) and math.isclose(x1 - x0, 3.0)
+    assert x0 < 0 and x1 > 2 and y0 < 0 and y1 > 1
+
+
+def test_energy_grid_cell_centres_and_orientation():
+    xs, ys, e = energy_grid(lambda p: p[:, 0] + 10 * p[:, 1], (0, 1, 0, 2), 4)
+    np.testing.assert_allclose(xs, [0.125, 0.375, 0.625, 0.875])
+    np.testing.assert_allclose(ys, [0.25, 0.75, 1.25, 1.75])
+    assert e.shape == (4, 4)
+    np.testing.assert_allclose(e[2, 1], xs[1] + 10 * ys[2], rtol=1e-6)
+
+
+def test_grid_kl_values():
+    exact = grid_kl(lambda p: -RING.log_density(p), RING.log_density, BOX, 300)
+    assert exact < 0.01
+    broad = grid_kl(lambda p: 0.5 * (p ** 2).sum(1), RING.log_density, BOX, 300)
+    assert broad > 1.0
+    huge = grid_kl(lambda p: 1e6 * (p.astype(np.float64) ** 2).sum(1), RING.log_density, BOX, 300)
+    assert math.isfinite(huge) and huge > 100
+    diverged = grid_kl(lambda p: np.full(len(p), np.nan), RING.log_density, BOX, 100)
+    assert math.isfinite(diverged)
+
+
+def test_kde_integrates_to_one():
+    data = get_toy_set("25gaussians").sample(1500, np.random.default_rng(0))
+    box = default_box(data, margin=0.5)
+    xs, ys, logp = energy_grid(kde_log_density(data), box, 150)
+    cell = (xs[1] - xs[0]) * (ys[1] - ys[0])
+    assert abs(np.exp(logp).sum() * cell - 1.0) < 0.02
+    iso = kde_log_density(data, bandwidth=0.1)
+    _, _, logq = energy_grid(iso, box, 150)
+    assert abs(np.exp(logq).sum() * cell - 1.0) < 0.02
+
+
+def test_evaluate_points_exact_model():
+    rng = np.random.default_rng(0)
+    rep = evaluate_points(lambda n: RING.sample(n, rng), lambda p: -RING.log_density(p),
+                          "8gaussians", None, num_samples=2000, resolution=300)
+    assert rep["modes"] == 8 and rep["num_modes"] == 8 and rep["high_quality"] > 0.99
+    assert rep["kl_data_energy"] < 0.05 and rep["density"] == "exact"
+    assert rep["num_samples"] == 2000 and rep["resolution"] == 300 and len(rep["box"]) == 4
+
+
+def test_evaluate_points_kde_for_user_data():
+    data = RING.sample(2000, np.random.default_rng(0))
+    kde = kde_log_density(data)
+    good = evaluate_points(lambda n: data[:n], lambda p: -kde(p), None, data, resolution=150)
+    bad = evaluate_points(lambda n: data[:n], lambda p: 0.5 * (p ** 2).sum(1), None, data,
+                          resolution=150)
+    assert good["density"] == "kde" and "modes" not in good
+    assert good["kl_data_energy"] < 1e-6 and bad["kl_data_energy"] > 0.1

@@ -1,0 +1,249 @@
+"""The Trainer: alternating generator and energy updates, checkpoints, samples and logs.
+
+Each step draws one minibatch of data and latents, takes a generator step (DDGM: lower
+E(G(z)) − H(G); GAN: non-saturating loss), then an energy step on the data and the generator's
+(detached) samples. Randomness is derived from (seed, step, rank), so a resumed run draws exactly
+what the uninterrupted run would have drawn; optimiser state and step live in trainer_state.pt.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, save_checkpoint,
+                              unwrap)
+from ebgen.config import Config
+from ebgen.data import load_data
+from ebgen.errors import EbgenError
+from ebgen.latents import sample_latents
+from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
+                          gan_generator_loss, generator_loss)
+from ebgen.models import build_models
+from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
+
+from .distributed import barrier, setup_runtime, teardown_runtime
+
+#: The seed stream of the fixed latents used for sample grids (distinct from per-step streams).
+_FIXED_LATENT_STREAM = 0xF1ED
+
+
+class Trainer:
+    """Trains an (EnergyModel, Generator) pair per `config`, writing to `out_dir`."""
+
+    def __init__(self, config: Config, out_dir: str | Path, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.config, self.out_dir, self.progress = config, Path(out_dir), progress
+        self.runtime = setup_runtime(config.train.device)
+        self.device = self.runtime.device
+        self.amp = config.train.amp and self.device.type == "cuda"
+        self.train_data, self.heldout_data = load_data(config.data, config.model,
+                                                       seed=config.train.seed)
+        if self.train_data.values.numel() * self.train_data.values.element_size() < 2 ** 30:
+            self.train_data.values = self.train_data.values.to(self.device)
+        self.step = 0
+        if resume:
+            _, energy, generator, _ = load_checkpoint(self.out_dir)
+        else:
+            _check_fresh_out_dir(self.out_dir)
+            torch.manual_seed(config.train.seed)
+            energy, generator = build_models(config.model)
+        energy.to(self.device).train()
+        generator.to(self.device).train()
+        self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
+        if resume:
+            state = load_trainer_state(self.out_dir)
+            self.energy_opt.load_state_dict(state["energy_optimizer"])
+            self.generator_opt.load_state_dict(state["generator_optimizer"])
+            self.step = int(state["step"])
+        if self.runtime.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            energy = DistributedDataParallel(energy, device_ids=ids)
+            generator = DistributedDataParallel(generator, device_ids=ids)
+        self.energy, self.generator = energy, generator
+        self.fixed_z = torch.from_numpy(sample_latents(
+            config.train.num_eval_samples, config.model.z_dim,
+            seed=(config.train.seed, _FIXED_LATENT_STREAM), distribution=config.model.latent))
+        if self.runtime.is_main:
+            (self.out_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+            _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+
+    # ----------------------------------------------------------------------------- one step
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's data minibatch and latents, from the (seed, step, rank) stream."""
+        cfg = self.config
+        rng = np.random.default_rng((cfg.train.seed, self.step, self.runtime.rank))
+        torch.manual_seed(int(rng.integers(2 ** 62)))  # hidden-layer noise
+        index = torch.from_numpy(rng.integers(0, len(self.train_data), cfg.train.batch_size))
+        x = self.train_data.batch(index.to(self.train_data.values.device)).to(self.device)
+        z = sample_latents(cfg.train.batch_size, cfg.model.z_dim, seed=rng,
+                           distribution=cfg.model.latent)
+        return x, torch.from_numpy(z).to(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One generator step, then one energy step. Returns detached scalar tensors."""
+        cfg = self.config.train
+        x, z = self._draw()
+        no_sync = self.energy.no_sync if self.runtime.distributed else contextlib.nullcontext
+        # Generator step: gradients reach the energy too, but are discarded (and not all-reduced).
+        with self._autocast(), no_sync():
+            x_fake = self.generator(z)
+            energy_fake = self.energy(x_fake)
+            entropy = batchnorm_entropy(unwrap(self.generator))
+            if cfg.objective == "ddgm":
+                loss_g = generator_loss(energy_fake, entropy, cfg.entropy_weight)
+            else:
+                loss_g = gan_generator_loss(energy_fake)
+        self.generator_opt.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.generator_opt.step()
+        # Energy step on data and the (pre-update) samples, in one forward pass.
+        with self._autocast():
+            energies = self.energy(torch.cat([x, x_fake.detach()]))
+            energy_data, energy_samples = energies[:len(x)], energies[len(x):]
+            if cfg.objective == "ddgm":
+                loss_e = energy_loss(energy_data, energy_samples)
+            else:
+                loss_e = gan_discriminator_loss(energy_data, energy_samples)
+        self.energy_opt.zero_grad(set_to_none=True)
+        loss_e.backward()
+        self.energy_opt.step()
+        self.step += 1
+        return {"loss_energy": loss_e.detach(), "loss_generator": loss_g.detach(),
+                "energy_data": energy_data.detach().mean(),
+                "energy_samples": energy_samples.detach().mean(), "entropy": entropy.detach()}
+
+    # ------------------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        """Train until `config.train.steps`; returns the last logged metrics."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config.train
+        main = self.runtime.is_main
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (self.progress and main),
+                   desc="train", unit="step", dynamic_ncols=True, mininterval=0.5)
+        last: dict[str, Any] = {"step": self.step}
+        start, start_step = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.steps:
+                values = self.train_step()
+                bar.update(1)
+                done = self.step == cfg.steps
+                if self.step % cfg.log_every == 0 or done:
+                    last = {"step": self.step, **{k: round(float(v), 5) for k, v in values.items()},
+                            "steps_per_s": round((self.step - start_step)
+                                                 / (time.perf_counter() - start), 3)}
+                    bar.set_postfix(E_data=f"{last['energy_data']:.3g}",
+                                    E_samp=f"{last['energy_samples']:.3g}",
+                                    H=f"{last['entropy']:.3g}", refresh=False)
+                    if main:
+                        with open(self.out_dir / METRICS_FILE, "a") as f:
+                            f.write(json.dumps(last) + "\n")
+                if main and (self.step % cfg.sample_every == 0 or done):
+                    self.write_samples()
+                if self.step % cfg.checkpoint_every == 0 or done:
+                    self.save()
+        finally:
+            bar.close()
+        if not cfg.steps or self.step == start_step:  # nothing to do: still leave a checkpoint
+            self.save()
+        teardown_runtime(self.runtime)
+        return last
+
+    def save(self) -> None:
+        """Write the checkpoint (rank 0), then wait for every process."""
+        if self.runtime.is_main:
+            state = {"energy_optimizer": self.energy_opt.state_dict(),
+                     "generator_optimizer": self.generator_opt.state_dict()}
+            save_checkpoint(self.out_dir, self.config, self.energy, self.generator, self.step,
+                            state)
+        barrier(self.runtime)
+
+    @torch.no_grad()
+    def write_samples(self) -> Path:
+        """Sample from the fixed latents: an image grid, or points over the energy landscape."""
+        from ebgen import plots
+
+        generator, energy = unwrap(self.generator), unwrap(self.energy)
+        generator.eval()
+        try:
+            x = generator(self.fixed_z.to(self.device)).float().cpu().numpy()
+        finally:
+            generator.train()
+        path = self.out_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
+        if self.config.model.kind == "image":
+            plots.save_image_grid(x, path)
+        else:
+            from ebgen.metrics2d import default_box
+
+            data = self.train_data.values[:2000].cpu().numpy()
+            plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
+                                   box=default_box(data), data=data,
+                                   title=f"{self.config.data.dataset} — step {self.step}")
+        return path
+
+
+def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu"):
+    """Wrap an energy net as a numpy function (n, ...) → (n,), evaluated without gradients."""
+    def fn(points: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
+            return energy(x).float().cpu().numpy()
+    return fn
+
+
+def _optimizers(config: Config, energy: torch.nn.Module, generator: torch.nn.Module
+                ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    cfg = config.train
+    if cfg.optimizer == "adam":
+        betas = (cfg.beta1, cfg.beta2)
+        return (torch.optim.Adam(energy.parameters(), lr=cfg.lr_energy, betas=betas,
+                                 weight_decay=cfg.weight_decay),
+                torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=betas))
+    return (torch.optim.Adagrad(energy.parameters(), lr=cfg.lr_energy,
+                                weight_decay=cfg.weight_decay),
+            torch.optim.Adagrad(generator.parameters(), lr=cfg.lr_generator))
+
+
+def _check_fresh_out_dir(out_dir: Path) -> None:
+    if (out_dir / CONFIG_FILE).exists():
+        raise EbgenError(f"{out_dir} already holds a checkpoint: pass --resume to continue it, "
+                         f"or choose another --out")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True
+          ) -> dict[str, Any]:
+    """Train per `config` into `out_dir` (continuing its checkpoint if `resume`).
+
+    Example:
+        >>> from ebgen.config import preset_config
+        >>> train(preset_config("tiny", steps=10), "runs/tiny")  # doctest: +SKIP
+    """
+    return Trainer(config, out_dir, resume=resume, progress=progress).fit()
+
+
+def resume_config(out_dir: str | Path, **overrides: Any) -> Config:
+    """The config saved in a checkpoint, with `train` overrides (e.g. more `steps`) applied."""
+    config = Config.from_dict(read_meta(out_dir))
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config.train, key, value)
+    return config
