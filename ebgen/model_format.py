@@ -1,0 +1,57 @@
+"""The model directory's `model.json`: its format name, version and reading.
+
+`ebgen export` writes a model directory (design.md §3): `model.json`, `generator.onnx`,
+`generator_uint8.onnx`, `energy.onnx` and the TorchServe archives. `model.json` fields:
+
+    format, format_version          "ebgen-model", 1
+    name                            model name (the checkpoint folder's name unless given)
+    kind                            "image" or "points"
+    sample_shape                    [C, H, W] or [D]
+    layout, pixel_range, channel_order
+                                    "NCHW", [-1.0, 1.0], "L" or "RGB" (images only)
+    latent                          {"distribution": "uniform"|"normal", "z_dim": int}
+    onnx                            {"opset": int, "batch_axis": "batch",
+                                     "generator": {"file", "input", "output", "sha256"},
+                                     "generator_uint8": {...}, "energy": {...}}
+    parity                          max |ORT − PyTorch| per file and batch size checked
+    energy_quantiles                {"levels": [0.001 … 0.999], "values": [...]} of the
+                                    training data's energies (ascending)
+    provenance                      {"checkpoint", "step", "ebgen_version", "torch_version",
+                                     "onnx_version", "config": the training Config dict}
+    archives                        {"generate": "generate.mar", "score": "score.mar"} or {}
+
+Reading it needs no torch: servers and `ebgen.load_model` use this module alone.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+from .names import MODEL_FILE
+
+MODEL_FORMAT = "ebgen-model"
+MODEL_FORMAT_VERSION = 1
+#: Quantile levels of training-data energies stored for percentile scores.
+QUANTILE_LEVELS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                   0.95, 0.975, 0.99, 0.995, 0.999)
+
+
+def read_model_info(directory: str | Path) -> dict[str, Any]:
+    """`model.json` of a model directory, after checking its format and version."""
+    directory = Path(directory)
+    path = directory / MODEL_FILE
+    if not path.exists():
+        raise CheckpointError(f"{directory} is not an ebgen model directory: no {MODEL_FILE} "
+                              f"(make one with `ebgen export CKPT_DIR --out {directory}`)")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if info.get("format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
+    if info.get("format_version") != MODEL_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {info.get('format_version')!r}; this "
+                              f"ebgen reads version {MODEL_FORMAT_VERSION}")
+    return info
