@@ -1,0 +1,67 @@
+"""Training-step speed, measured side by side in one run.
+
+Prints steps/s and samples/s per configuration and ratios against the first row: DDGM vs GAN
+objective (same nets), and on CUDA fp32 vs bf16 autocast.
+
+    python benchmarks/train_speed.py --preset toy2d --steps 200
+    python benchmarks/train_speed.py --preset mnist --device cuda --steps 300
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from ebgen.config import preset_config
+from ebgen.train import Trainer
+
+
+def measure(preset: str, objective: str, device: str, amp: bool, steps: int, warmup: int,
+            data: str | None, repeats: int) -> float:
+    """Best-of-`repeats` steps per second of `Trainer.train_step` (after `warmup` steps)."""
+    with tempfile.TemporaryDirectory() as out:
+        config = preset_config(preset, objective=objective, device=device, amp=amp, path=data)
+        trainer = Trainer(config, out, progress=False)
+        for _ in range(warmup):
+            trainer.train_step()
+        best = 0.0
+        for _ in range(repeats):
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            if trainer.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, steps / (time.perf_counter() - start))
+        return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="toy2d")
+    parser.add_argument("--data", default=None, help="data path the preset needs (mnist, ...)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    amps = [False, True] if args.device.startswith("cuda") else [False]
+    for amp in amps:
+        for objective in ("ddgm", "gan"):
+            rows.append((objective, "bf16" if amp else "fp32",
+                         measure(args.preset, objective, args.device, amp, args.steps,
+                                 args.warmup, args.data, args.repeats)))
+    batch = preset_config(args.preset).train.batch_size
+    print(f"preset {args.preset}, device {args.device}, batch {batch}, torch {torch.__version__}")
+    print(f"{'objective':<10}{'precision':<11}{'steps/s':>10}{'samples/s':>12}{'time vs first':>15}")
+    for objective, precision, rate in rows:
+        print(f"{objective:<10}{precision:<11}{rate:>10.1f}{rate * batch:>12.0f}"
+              f"{rows[0][2] / rate:>14.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The `ebgen` command line: help, train/eval end to end, one-line errors with exit code 2."""
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ebgen.cli.main import cli
+
+MNIST = Path(__file__).parent / "data" / "mnist"
+
+
+def run(*args: str) -> "CliRunner.invoke":
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_help_is_instant_and_imports_no_torch():
+    code = ("import sys; from ebgen.cli.main import cli; "
+            "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules, 'heavy import'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    result = run("--help")
+    assert result.exit_code == 0 and "train" in result.output and "eval" in result.output
+    assert "Examples" in run("train", "--help").output
+
+
+def test_train_and_eval_tiny_from_the_cli(tmp_path):
+    out = tmp_path / "tiny"
+    result = run("train", "--preset", "tiny", "--steps", "6", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(run("eval", str(out), "--json", "--num-samples", "64").output)
+    assert report["step"] == 6 and report["kind"] == "image"
+    assert {"energy_data_mean", "energy_samples_mean", "energy_noise_mean"} <= set(report)
+
+
+@pytest.mark.mnist
+def test_train_on_mnist_digits_resized(tmp_path):
+    out = tmp_path / "m"
+    result = run("train", "--preset", "tiny", "--data", str(MNIST), "--steps", "4", "--out",
+                 str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["path"] == str(MNIST) and config["model"]["image_size"] == 8
+
+
+def test_toy2d_train_and_eval(tmp_path):
+    out = tmp_path / "ring"
+    assert run("train", "--preset", "toy2d", "--dataset", "8gaussians", "--steps", "30",
+               "--out", str(out), "--quiet").exit_code == 0
+    report = json.loads(run("eval", str(out), "--json", "--num-samples", "500").output)
+    assert report["num_modes"] == 8 and 0 <= report["modes"] <= 8
+    assert 0 <= report["high_quality"] <= 1 and np.isfinite(report["kl_data_energy"])
+    assert (out / "samples" / "step_0000030.png").exists()
+
+
+def _error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path):
+    out = str(tmp_path / "o")
+    assert "does not exist" in _error(run("train", "--data", str(tmp_path / "missing"), "--out", out))
+    assert "unknown preset" in _error(run("train", "--preset", "huge", "--out", out))
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((10, 3), np.float32))
+    assert "N×2" in _error(run("train", "--data", str(bad), "--out", out))
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    (idx / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
+    assert "corrupt" in _error(run("train", "--preset", "mnist", "--data", str(idx), "--out", out))
+    assert "needs --data" in _error(run("train", "--preset", "mnist", "--out", out))
+    assert "not exist" in _error(run("eval", str(tmp_path / "nothing")))
+
+
+def test_cli_exit_code_from_a_real_process(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ebgen.cli.main", "train", "--preset", "nope"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

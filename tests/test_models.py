@@ -1,0 +1,110 @@
+"""The two networks, the entropy estimate and the losses."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ebgen.config import IMAGE_SIZES, ModelConfig, preset_config
+from ebgen.latents import sample_latents
+from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
+                          gaussian_entropy, generator_loss)
+from ebgen.models import EnergyModel, Generator, build_models
+
+
+@pytest.mark.parametrize("size", IMAGE_SIZES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_nets_shapes(size, channels):
+    cfg = ModelConfig(kind="image", image_size=size, channels=channels, z_dim=8, num_experts=4,
+                      energy_width=4, generator_width=4)
+    energy, generator = build_models(cfg)
+    z = torch.from_numpy(sample_latents(3, 8, seed=0))
+    x = generator(z)
+    assert x.shape == (3, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1  # tanh output: the model's pixel range
+    assert energy(x).shape == (3,)
+
+
+def test_point_nets_shapes():
+    energy, generator = build_models(ModelConfig(kind="points", z_dim=4, depth=2))
+    x = generator(torch.rand(5, 4))
+    assert x.shape == (5, 2) and energy(x).shape == (5,)
+
+
+def test_every_generator_hidden_layer_has_batch_norm():
+    generator = Generator(ModelConfig(kind="points", depth=3))
+    assert len(generator.batch_norms()) == 3
+    image = Generator(ModelConfig(kind="image", image_size=32))  # 4 → 8 → 16 → 32
+    assert len(image.batch_norms()) == 3
+
+
+def test_gaussian_entropy_closed_form():
+    for sigma in (0.1, 1.0, 3.0):
+        expected = 0.5 * math.log(2 * math.pi * math.e * sigma ** 2)
+        assert gaussian_entropy(torch.tensor(sigma)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_batchnorm_entropy_sums_every_scale():
+    generator = Generator(ModelConfig(kind="points", depth=3, generator_width=16))
+    # Fresh batch norms have γ = 1: H = units × ½ log(2πe).
+    assert batchnorm_entropy(generator).item() == pytest.approx(48 * 0.5 * math.log(2 * math.pi * math.e),
+                                                                rel=1e-5)
+    with torch.no_grad():
+        for bn in generator.batch_norms():
+            bn.weight.fill_(2.0)
+    assert batchnorm_entropy(generator).item() == pytest.approx(
+        48 * 0.5 * math.log(2 * math.pi * math.e * 4.0), rel=1e-5)
+
+
+def test_batchnorm_entropy_matches_empirical_entropy_of_the_layer():
+    """A batch-normalised Gaussian pre-activation has std |γ|: compare with its sample entropy."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm1d(4)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.0, 2.0, -3.0]))
+    h = bn(torch.randn(200_000, 4) * 7 + 3)
+    empirical = 0.5 * torch.log(2 * math.pi * math.e * h.var(0))
+    assert torch.allclose(gaussian_entropy(bn.weight), empirical, atol=1e-2)
+
+
+def test_lower_energy_means_more_probable():
+    """With the experts switched off, E is the Gaussian prior: it grows away from the bias."""
+    energy = EnergyModel(ModelConfig(kind="points"))
+    with torch.no_grad():
+        energy.experts.weight.zero_()
+        energy.experts.bias.fill_(-50.0)  # softplus ≈ 0
+    e = energy(torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 3.0]]))
+    assert e[0] < e[1] < e[2]
+    assert e[1].item() == pytest.approx(0.5, abs=1e-6)  # ‖x‖²/2σ², σ = 1
+
+
+def test_energy_training_lowers_data_energy_below_noise():
+    """A few energy steps of either objective leave data energies below those of noise."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    data = torch.from_numpy(rng.normal(1.0, 0.1, size=(256, 2)).astype(np.float32))
+    for loss_fn in (energy_loss, gan_discriminator_loss):
+        energy = EnergyModel(ModelConfig(kind="points", energy_width=32, num_experts=16))
+        opt = torch.optim.Adam(energy.parameters(), lr=1e-2)
+        for _ in range(100):
+            noise = torch.rand(256, 2) * 4 - 2
+            loss = loss_fn(energy(data), energy(noise))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        noise = torch.rand(256, 2) * 4 - 2
+        assert energy(data).mean() < energy(noise).mean() - 1.0
+
+
+def test_generator_loss_rewards_entropy():
+    e = torch.zeros(4)
+    assert generator_loss(e, torch.tensor(2.0)) < generator_loss(e, torch.tensor(1.0))
+
+
+def test_presets_build():
+    for name in ("tiny", "toy2d", "mnist", "cifar10", "celeba64"):
+        cfg = preset_config(name)
+        energy, generator = build_models(cfg.model)
+        z = torch.from_numpy(sample_latents(2, cfg.model.z_dim, seed=1))
+        generator.eval()
+        assert generator(z).shape == (2, *cfg.model.sample_shape)

@@ -1,0 +1,154 @@
+"""Training, checkpoints, resume (clean and after SIGKILL), DDP under torchrun, CUDA + AMP."""
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ebgen.checkpoint import load_checkpoint, load_trainer_state, read_meta, save_checkpoint
+from ebgen.config import preset_config
+from ebgen.errors import CheckpointError, EbgenError
+from ebgen.train import Trainer, resume_config, train
+
+EBGEN = [sys.executable, "-m", "ebgen.cli.main"]
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return {f"{part}.{k}": v for part in ("energy", "generator")
+            for k, v in load_file(str(directory / f"{part}.safetensors")).items()}
+
+
+def test_tiny_training_writes_the_checkpoint_directory(tmp_path):
+    result = train(preset_config("tiny", steps=20, sample_every=10), tmp_path, progress=False)
+    assert result["step"] == 20
+    for name in ("config.json", "energy.safetensors", "generator.safetensors", "trainer_state.pt",
+                 "metrics.jsonl"):
+        assert (tmp_path / name).exists(), name
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [
+        "step_0000010.png", "step_0000020.png"]
+    meta = read_meta(tmp_path)
+    assert meta["step"] == 20 and meta["format"] == "ebgen-checkpoint"
+    assert meta["torch_version"] == torch.__version__ and meta["model"]["image_size"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20]
+    assert {"loss_energy", "loss_generator", "energy_data", "energy_samples", "entropy"} <= set(rows[0])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    train(preset_config("tiny", steps=3), tmp_path, progress=False)
+    config, energy, generator, meta = load_checkpoint(tmp_path)
+    assert config.preset == "tiny" and meta["step"] == 3
+    save_checkpoint(tmp_path / "copy", config, energy, generator, step=3)
+    for key, value in _weights(tmp_path).items():
+        assert torch.equal(value, _weights(tmp_path / "copy")[key]), key
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    _, energy2, _, _ = load_checkpoint(tmp_path / "copy")
+    assert torch.equal(energy(x), energy2(x))
+    assert "energy_optimizer" in load_trainer_state(tmp_path)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    train(preset_config("tiny", steps=30, checkpoint_every=100), tmp_path / "straight",
+          progress=False)
+    train(preset_config("tiny", steps=12, checkpoint_every=100), tmp_path / "split",
+          progress=False)
+    train(resume_config(tmp_path / "split", steps=30), tmp_path / "split", resume=True,
+          progress=False)
+    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert straight.keys() == split.keys()
+    for key in straight:
+        assert torch.equal(straight[key], split[key]), key
+    steps = [json.loads(l)["step"] for l in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
+    assert steps == [10, 12, 20, 30]
+
+
+def test_fresh_run_refuses_an_existing_checkpoint(tmp_path):
+    train(preset_config("tiny", steps=1), tmp_path, progress=False)
+    with pytest.raises(EbgenError, match="--resume"):
+        Trainer(preset_config("tiny", steps=1), tmp_path)
+
+
+def test_interrupted_save_is_finished_or_discarded(tmp_path):
+    train(preset_config("tiny", steps=2), tmp_path, progress=False)
+    before = _weights(tmp_path)
+    # A save killed before its commit marker: stray temp files are discarded.
+    (tmp_path / "energy.safetensors.tmp").write_bytes(b"half a file")
+    assert read_meta(tmp_path)["step"] == 2
+    assert not (tmp_path / "energy.safetensors.tmp").exists()
+    assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path).items())
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_leaves_a_resumable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    rng = random.Random(os.getpid())
+    for attempt in range(3):
+        proc = subprocess.Popen(EBGEN + ["train", "--preset", "tiny", "--steps", "100000",
+                                         "--checkpoint-every", "1", "--sample-every", "1000",
+                                         "--quiet", "--out", str(out)]
+                                + (["--resume"] if (out / "config.json").exists() else []),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not (out / "trainer_state.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        config, _, _, meta = load_checkpoint(out)  # loads cleanly: no corrupt file
+        state = load_trainer_state(out)
+        assert state["step"] == meta["step"] > 0, f"attempt {attempt}"
+    done = subprocess.run(EBGEN + ["train", "--out", str(out), "--resume", "--steps",
+                                   str(meta["step"] + 5), "--quiet"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert read_meta(out)["step"] == meta["step"] + 5
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", str(_free_port()), "-m", "ebgen.cli.main", "train",
+                             "--preset", "tiny", "--steps", "10", "--quiet", "--out", str(out)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_meta(out)["step"] == 10
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [10]  # only rank 0 writes
+    _, energy, _, _ = load_checkpoint(out)
+    assert not any(k.startswith("module.") for k in energy.state_dict())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_training_with_bf16_autocast(tmp_path):
+    trainer = Trainer(preset_config("tiny", steps=5, device="cuda"), tmp_path, progress=False)
+    assert trainer.amp and trainer.device.type == "cuda"
+    trainer.fit()
+    config, energy, _, _ = load_checkpoint(tmp_path)
+    assert torch.isfinite(energy(torch.zeros(2, 1, 8, 8))).all()
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_meta(tmp_path / "nope")
+    (tmp_path / "config.json").write_text(json.dumps({"format": "ebgen-checkpoint",
+                                                      "format_version": 99}))
+    with pytest.raises(CheckpointError, match="format version"):
+        read_meta(tmp_path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
