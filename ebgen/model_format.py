@@ -10,14 +10,23 @@
     layout, pixel_range, channel_order
                                     "NCHW", [-1.0, 1.0], "L" or "RGB" (images only)
     latent                          {"distribution": "uniform"|"normal", "z_dim": int}
+    architecture                    the training ModelConfig dict (rebuilds the nets)
     onnx                            {"opset": int, "batch_axis": "batch",
                                      "generator": {"file", "input", "output", "sha256"},
                                      "generator_uint8": {...}, "energy": {...}}
-    parity                          max |ORT − PyTorch| per file and batch size checked
+                                    points models: "generator_uint8": {"skipped": reason}
+    parity                          max |ORT − PyTorch| per file and batch size checked:
+                                    {"generator": {"1": d, "7": d, "64": d}, ...}
+                                    (uint8 file: in pixel levels)
+    parity_check                    {"batches", "export_batch", "rtol", "atol",
+                                     "uint8_levels", "onnxruntime_version"}
     energy_quantiles                {"levels": [0.001 … 0.999], "values": [...]} of the
-                                    training data's energies (ascending)
+                                    training data's energies (ascending), plus "source"
+                                    ("training data" | "held-out data" | "generator
+                                    samples"), "dataset" and "num_samples"
     provenance                      {"checkpoint", "step", "ebgen_version", "torch_version",
-                                     "onnx_version", "config": the training Config dict}
+                                     "onnx_version", "exported_at" (UTC ISO time),
+                                     "config": the training Config dict}
     archives                        {"generate": "generate.mar", "score": "score.mar"} or {}
 
 Reading it needs no torch: servers and `ebgen.load_model` use this module alone.

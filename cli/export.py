@@ -1,0 +1,61 @@
+"""`ebgen export`: wraps `ebgen.export.export_model`."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import device_option, json_option
+
+
+@click.command("export")
+@click.argument("checkpoint", metavar="CKPT_DIR")
+@click.option("--out", required=True, metavar="MODEL_DIR",
+              help="Model directory to write (model.json, ONNX files, TorchServe archives).")
+@click.option("--force", is_flag=True,
+              help="Replace an existing model directory at --out.")
+@click.option("--no-archive", is_flag=True,
+              help="Skip the TorchServe archives (generate.mar, score.mar).")
+@click.option("--opset", type=int, default=18, show_default=True, metavar="N",
+              help="ONNX opset (18 or newer).")
+@click.option("--quantile-samples", type=int, default=10000, show_default=True, metavar="N",
+              help="Training samples whose energies give the percentile table.")
+@click.option("--name", default=None, metavar="NAME",
+              help="Model name in model.json. (default: the checkpoint folder's name)")
+@device_option(default="cpu")
+@json_option()
+def export_command(checkpoint, out, force, no_archive, opset, quantile_samples, name, device,
+                   as_json) -> None:
+    """Export a checkpoint to a self-contained model directory (ONNX + model.json).
+
+    Writes generator.onnx (z → x in [-1, 1]), generator_uint8.onnx (z → uint8 pixels; images
+    only), energy.onnx (x → energy), model.json and the TorchServe archives. Every ONNX file
+    is checked against PyTorch at batch sizes 1, 7 and 64 before anything is kept. --device
+    is where the energy quantiles are computed; export itself runs on the CPU.
+
+    \b
+    Examples:
+      ebgen export runs/tiny --out models/tiny
+      ebgen export runs/mnist --out models/mnist --force --no-archive
+      ebgen export runs/ring --out models/ring --json
+    """
+    from ebgen.export import export_model
+    from ebgen.model_format import read_model_info
+
+    path = export_model(checkpoint, out, force=force, archive=not no_archive, opset=opset,
+                        device=device, quantile_samples=quantile_samples, name=name,
+                        progress=not as_json)
+    info = read_model_info(path)
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+    summary = {"model_dir": str(path), "name": info["name"], "kind": info["kind"],
+               "step": info["provenance"]["step"], "files": files,
+               "parity": {k: max(v.values()) for k, v in info["parity"].items()},
+               "quantile_source": info["energy_quantiles"]["source"],
+               "archives": info["archives"]}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for file, size in files.items():
+        click.echo(f"  {file:<22} {size / 1e6:8.2f} MB")
+    click.echo(f"model directory {path} ({info['kind']}, step {summary['step']}); "
+               f"percentiles from {summary['quantile_source']}")

@@ -1,0 +1,270 @@
+"""`export_model`: a checkpoint directory in, a self-contained model directory out.
+
+The model directory (design.md §3) holds `model.json` (schema in `ebgen.model_format`),
+`generator.onnx`, `generator_uint8.onnx` (images only), `energy.onnx`, and the TorchServe
+archives `generate.mar` and `score.mar`. Everything is written into a temporary folder beside
+the target and renamed into place at the end, so a failed export leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ebgen import __version__
+from ebgen.config import Config, ModelConfig
+from ebgen.errors import EbgenError
+from ebgen.latents import sample_latents
+from ebgen.model_format import MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANTILE_LEVELS
+from ebgen.names import (BATCH_AXIS, ENERGY_INPUT, ENERGY_ONNX, ENERGY_OUTPUT, GENERATOR_INPUT,
+                         GENERATOR_ONNX, GENERATOR_OUTPUT, GENERATOR_UINT8_ONNX,
+                         GENERATOR_UINT8_OUTPUT, MODEL_FILE)
+from ebgen.pixels import PIXEL_RANGE
+
+from .archive import ARCHIVE_KINDS, HANDLER_FILES, archive_name, build_archive
+from .onnx_export import (ATOL, EXPORT_BATCH, PARITY_BATCHES, RTOL, UINT8_LEVELS,
+                          UInt8Generator, check_parity, export_onnx)
+
+#: Latents and samples per forward pass when computing energy quantiles.
+_CHUNK = 1024
+
+
+def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False,
+                 archive: bool = True, opset: int = 18, device: str = "cpu",
+                 quantile_samples: int = 10000, name: str | None = None,
+                 handler: str | Path | None = None, progress: bool = True) -> Path:
+    """Export the checkpoint in `checkpoint` to the model directory `out`; returns `out`.
+
+    Writes the ONNX files, checks each against PyTorch (batch 1, 7, 64), computes the energy
+    quantiles of up to `quantile_samples` training samples (held-out data, else generator
+    samples when the data cannot be loaded; `model.json` records which), and builds the
+    TorchServe archives with `handler` for both (default: `archive.HANDLER_FILES`, one per
+    kind) unless `archive` is False or a handler file is missing (then it says so). Export
+    and parity run on the CPU; `device` is where the quantile energies are computed.
+    Progress lines go to stderr if `progress`.
+
+    Raises `EbgenError` (one line) for an unknown checkpoint format, a missing weights file,
+    a non-empty `out` without `force` (or, with `force`, one that is not a model directory),
+    and for any file that fails the ONNX checker or the parity check.
+
+    Example:
+        >>> from ebgen.export import export_model
+        >>> export_model("runs/tiny", "models/tiny", force=True)  # doctest: +SKIP
+        PosixPath('models/tiny')
+    """
+    from ebgen.checkpoint import load_checkpoint
+
+    started = time.perf_counter()
+    if quantile_samples < 1:
+        raise EbgenError(f"quantile_samples is {quantile_samples}: expected a positive count")
+    if opset < 18:
+        raise EbgenError(f"opset {opset} is too old for torch's ONNX exporter: expected >= 18")
+    checkpoint, out = Path(checkpoint), Path(out)
+    handlers = {kind: Path(handler) if handler is not None else HANDLER_FILES[kind]
+                for kind in ARCHIVE_KINDS}
+    _check_out(out, force, checkpoint)
+    say = _Progress(progress)
+    config, energy, generator, meta = load_checkpoint(checkpoint, "cpu")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        files, parity = export_networks(config.model, energy, generator, tmp, opset, say)
+        say("computing energy quantiles")
+        quantiles = energy_quantiles(config, energy, generator, quantile_samples, device)
+        say(f"  {quantiles['num_samples']} samples of {quantiles['source']}")
+        missing = [str(path) for path in handlers.values() if not path.is_file()]
+        make_archives = archive and not missing
+        if archive and missing:
+            say(f"skipping TorchServe archives: handler {', '.join(missing)} not found")
+        info = model_info(config, meta, checkpoint, name, opset, files, parity, quantiles,
+                          make_archives)
+        (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if make_archives:
+            for kind in ARCHIVE_KINDS:
+                say(f"building {archive_name(kind)}")
+                build_archive(tmp, kind, handlers[kind], tmp)
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"exported {checkpoint} (step {meta.get('step')}) to {out} in "
+        f"{time.perf_counter() - started:.1f} s")
+    return out
+
+
+def export_networks(model: ModelConfig, energy: torch.nn.Module, generator: torch.nn.Module,
+                    directory: Path, opset: int = 18, say=lambda message: None
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Write and check generator.onnx, generator_uint8.onnx (images) and energy.onnx.
+
+    Returns (model.json's `onnx` file entries, its `parity` table). Generator inputs are
+    seeded latents; energy inputs are uniform in [-1, 1] (images) or N(0, 2²) (points).
+    """
+    def latents(n: int, seed: int) -> np.ndarray:
+        return sample_latents(n, model.z_dim, seed, model.latent)
+
+    def samples(n: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        if model.kind == "image":
+            return rng.uniform(-1, 1, (n, *model.sample_shape)).astype(np.float32)
+        return (2.0 * rng.standard_normal((n, *model.sample_shape))).astype(np.float32)
+
+    nets = [("generator", GENERATOR_ONNX, generator, latents, GENERATOR_INPUT,
+             GENERATOR_OUTPUT)]
+    if model.kind == "image":
+        nets.append(("generator_uint8", GENERATOR_UINT8_ONNX, UInt8Generator(generator),
+                     latents, GENERATOR_INPUT, GENERATOR_UINT8_OUTPUT))
+    nets.append(("energy", ENERGY_ONNX, energy, samples, ENERGY_INPUT, ENERGY_OUTPUT))
+    files: dict[str, dict[str, Any]] = {}
+    parity: dict[str, dict[str, float]] = {}
+    for key, filename, net, make_input, input_name, output_name in nets:
+        say(f"exporting {filename}")
+        path = export_onnx(net, torch.from_numpy(make_input(EXPORT_BATCH, 1)),
+                           directory / filename, input_name, output_name, opset)
+        parity[key] = check_parity(path, net, make_input)
+        files[key] = {"file": filename, "input": input_name, "output": output_name,
+                      "sha256": sha256_file(path)}
+        say(f"  {filename}: {path.stat().st_size / 1e6:.2f} MB, max |ORT - PyTorch| "
+            f"{max(parity[key].values()):.2g}")
+    if model.kind != "image":
+        files["generator_uint8"] = {"skipped": "points model: samples are points, not pixels"}
+    return files, parity
+
+
+def model_info(config: Config, meta: dict[str, Any], checkpoint: Path, name: str | None,
+               opset: int, files: dict, parity: dict, quantiles: dict,
+               archives: bool) -> dict[str, Any]:
+    """The model.json dict (schema: `ebgen.model_format`)."""
+    import onnx
+    import onnxruntime
+
+    model = config.model
+    info: dict[str, Any] = {
+        "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+        "name": name or checkpoint.resolve().name, "kind": model.kind,
+        "sample_shape": list(model.sample_shape)}
+    if model.kind == "image":
+        info.update(layout="NCHW", pixel_range=list(PIXEL_RANGE),
+                    channel_order="L" if model.channels == 1 else "RGB")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    info.update({
+        "latent": {"distribution": model.latent, "z_dim": model.z_dim},
+        "architecture": config.to_dict()["model"],
+        "onnx": {"opset": opset, "batch_axis": BATCH_AXIS, **files},
+        "parity": parity,
+        "parity_check": {"batches": list(PARITY_BATCHES), "export_batch": EXPORT_BATCH,
+                         "rtol": RTOL, "atol": ATOL, "uint8_levels": UINT8_LEVELS,
+                         "onnxruntime_version": onnxruntime.__version__},
+        "energy_quantiles": quantiles,
+        "provenance": {"checkpoint": str(checkpoint.resolve()), "step": meta.get("step"),
+                       "ebgen_version": __version__, "torch_version": torch.__version__,
+                       "onnx_version": onnx.__version__, "exported_at": now,
+                       "config": config.to_dict()},
+        "archives": {kind: archive_name(kind) for kind in ARCHIVE_KINDS} if archives else {},
+    })
+    return info
+
+
+class _Progress:
+    """Short progress lines on stderr (or nothing)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=sys.stderr, flush=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_out(out: Path, force: bool, checkpoint: Path) -> None:
+    """Refuse an output that is a file, holds the checkpoint, or is not empty (without force).
+
+    With `force`, only an existing model directory (one with model.json) is replaced: a
+    mistyped `--out` never deletes an unrelated folder.
+    """
+    if out.exists() and not out.is_dir():
+        raise EbgenError(f"output {out} exists and is not a directory")
+    if checkpoint.exists():
+        ckpt, target = checkpoint.resolve(), out.resolve()
+        if target == ckpt or ckpt in target.parents or target in ckpt.parents:
+            raise EbgenError(f"output {out} overlaps the checkpoint {checkpoint}: expected a "
+                             f"separate folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise EbgenError(f"output folder {out} exists and is not empty: pass --force "
+                             f"(force=True) to replace it, or choose another --out")
+        if not (out / MODEL_FILE).exists():
+            raise EbgenError(f"refusing to replace {out}: it is not empty and not an ebgen "
+                             f"model directory (no {MODEL_FILE})")
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` to `out`, replacing an old model directory there."""
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model dir is meant to be shared
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def energy_quantiles(config: Config, energy: torch.nn.Module, generator: torch.nn.Module,
+                     num_samples: int = 10000, device: str = "cpu") -> dict[str, Any]:
+    """`QUANTILE_LEVELS` quantiles of the energies of up to `num_samples` reference samples.
+
+    The reference is the training data (`ebgen.data.load_data` on the checkpoint's config),
+    else its held-out part, else, when no data loads, generator samples. The result records
+    `levels`, ascending `values`, `source` ("training data" | "held-out data" | "generator
+    samples"), `dataset` and `num_samples`.
+    """
+    from ebgen.data import load_data
+    from ebgen.devices import resolve_device
+
+    dev = resolve_device(device)
+    rng = np.random.default_rng(0)
+    source, dataset, x = "generator samples", None, None
+    try:
+        train, heldout = load_data(config.data, config.model, seed=config.train.seed)
+        for part, label in ((train, "training data"), (heldout, "held-out data")):
+            if len(part):
+                index = torch.from_numpy(np.sort(rng.permutation(len(part))[:num_samples]))
+                x, source, dataset = part.batch(index), label, part.name
+                break
+    except EbgenError:  # data missing or moved since training: fall back, and say so
+        pass
+    energy = energy.to(dev).eval()
+    if x is None:
+        generator = generator.to(dev).eval()
+        z = torch.from_numpy(sample_latents(num_samples, config.model.z_dim, 0,
+                                            config.model.latent))
+        x = torch.cat([generator(c.to(dev)).cpu() for c in z.split(_CHUNK)])
+    values = torch.cat([energy(c.to(dev)).float().cpu() for c in x.split(_CHUNK)]).numpy()
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        raise EbgenError("no finite energies to compute quantiles from: the energy model "
+                         "gives NaN or infinity on every reference sample")
+    quantiles = np.maximum.accumulate(np.quantile(values.astype(np.float64), QUANTILE_LEVELS))
+    return {"levels": list(QUANTILE_LEVELS), "values": [float(v) for v in quantiles],
+            "source": source, "dataset": dataset, "num_samples": int(len(values))}

@@ -1,0 +1,151 @@
+"""ONNX export of the two networks, and the check that onnxruntime agrees with PyTorch.
+
+Each file is written by torch's dynamo exporter in eval mode with a named dynamic batch axis
+(`names.BATCH_AXIS`) and the weights inside the file, passes `onnx.checker` (full check), then
+runs in a fresh onnxruntime session against PyTorch on fresh inputs at batch sizes 1, 7 and 64
+(never the export batch). A difference beyond the tolerance raises `EbgenError`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ebgen.errors import EbgenError
+from ebgen.names import BATCH_AXIS
+from ebgen.pixels import unit_to_uint8
+
+#: Batch sizes of the parity check; the export itself traces `EXPORT_BATCH`, which is none.
+PARITY_BATCHES = (1, 7, 64)
+EXPORT_BATCH = 5
+RTOL, ATOL = 1e-3, 1e-4
+#: uint8 outputs may differ by one level (rounding of values that land on .5).
+UINT8_LEVELS = 1
+
+#: A function giving fresh float32 inputs: (batch size, seed) -> array.
+InputFn = Callable[[int, int], np.ndarray]
+
+
+class UInt8Generator(nn.Module):
+    """G(z) followed by `ebgen.pixels.unit_to_uint8`: uint8 NCHW pixels for metric tools."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return unit_to_uint8(self.generator(z))
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's chatter (missing torchvision ops, deprecation notices)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, input_name: str,
+                output_name: str, opset: int = 18) -> Path:
+    """Export `module` (put in eval mode) to `path` and run the full ONNX checker.
+
+    The first axis of input and output is the dynamic axis `BATCH_AXIS`; weights are stored
+    inside the file (no external data). Raises `EbgenError` when export or check fails.
+    """
+    import onnx
+
+    path = Path(path)
+    module.eval()
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False,
+                              input_names=[input_name], output_names=[output_name],
+                              dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+    except Exception as e:  # exporter errors are long; the first line says what failed
+        raise EbgenError(f"ONNX export of {path.name} failed: "
+                         f"{type(e).__name__}: {_first_line(e)}") from e
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise EbgenError(f"{path.name} fails the ONNX checker: {_first_line(e)}") from e
+    _check_signature(onnx.load(str(path), load_external_data=False), path.name, input_name,
+                     output_name)
+    return path
+
+
+def _check_signature(model, filename: str, input_name: str, output_name: str) -> None:
+    """Raise unless the graph has exactly the expected I/O names, each batched on BATCH_AXIS."""
+    graph = model.graph
+    got = ([i.name for i in graph.input], [o.name for o in graph.output])
+    if got != ([input_name], [output_name]):
+        raise EbgenError(f"{filename} has inputs {got[0]} and outputs {got[1]}: expected "
+                         f"[{input_name!r}] and [{output_name!r}]")
+    for value in (*graph.input, *graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or dims[0].dim_param != BATCH_AXIS:
+            raise EbgenError(f"{filename}: {value.name!r} has no dynamic axis {BATCH_AXIS!r} "
+                             f"first (got {[d.dim_param or d.dim_value for d in dims]})")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def ort_session(path: str | Path):
+    """A fresh CPU onnxruntime session for `path` (errors only in its log)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(path: str | Path, module: nn.Module, make_input: InputFn,
+                 batches: Sequence[int] = PARITY_BATCHES, rtol: float = RTOL,
+                 atol: float = ATOL) -> dict[str, float]:
+    """Max |ORT − PyTorch| per batch size (as strings) of the ONNX file at `path`.
+
+    Runs `path` in a fresh onnxruntime session and `module` in eval mode on CPU, on inputs
+    `make_input(batch, seed)`. Raises `EbgenError` naming the file and the max error when a
+    float output differs beyond `rtol`/`atol`, or a uint8 output by more than one level.
+    """
+    path = Path(path)
+    session = ort_session(path)
+    input_name = session.get_inputs()[0].name
+    module.eval()
+    diffs: dict[str, float] = {}
+    for seed, n in enumerate(batches):
+        x = make_input(n, 1000 + seed)
+        got = session.run(None, {input_name: x})[0]
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).cpu().numpy()
+        if got.shape != want.shape or got.dtype != want.dtype:
+            raise EbgenError(f"{path.name} at batch {n}: onnxruntime gives {got.dtype} "
+                             f"{got.shape}, PyTorch {want.dtype} {want.shape}")
+        if want.dtype == np.uint8:
+            diff = float(np.abs(got.astype(np.int16) - want.astype(np.int16)).max(initial=0))
+            ok = diff <= UINT8_LEVELS
+            limit = f"{UINT8_LEVELS} level"
+        else:
+            diff = float(np.abs(got - want).max(initial=0.0))
+            ok = bool(np.allclose(got, want, rtol=rtol, atol=atol))
+            limit = f"rtol {rtol:g} / atol {atol:g}"
+        if not ok:
+            raise EbgenError(f"{path.name} does not match PyTorch at batch {n}: max |diff| "
+                             f"{diff:.3g} (tolerance {limit})")
+        diffs[str(n)] = diff
+    return diffs

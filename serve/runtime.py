@@ -1,0 +1,272 @@
+"""The inference core: a model directory run by onnxruntime, with numpy in and out.
+
+`load_model(path)` gives an `InferenceModel` with `generate(n, seed)` (samples in [-1, 1]),
+`generate_uint8`, `energy(x)`, `percentile(energy)` and `score(x)`. This path never imports
+torch: latents come from `ebgen.latents.sample_latents` (numpy, on the CPU), pixels are
+converted by `ebgen.pixels`. The execution provider is chosen when the sessions are created:
+CUDA only where the created session really reports it (`session.get_providers()`), else CPU.
+
+Example:
+    >>> import ebgen
+    >>> model = ebgen.load_model("models/tiny")              # doctest: +SKIP
+    >>> x = model.generate(16, seed=0)                       # (16, 1, 8, 8) float32 in [-1, 1]
+    >>> model.score(x)["percentile"]                         # 0–100; higher = less typical
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ebgen.errors import EbgenError
+from ebgen.latents import sample_latents
+from ebgen.model_format import read_model_info
+from ebgen.names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE
+from ebgen.pixels import uint8_to_unit, unit_to_uint8
+
+log = logging.getLogger(__name__)
+
+#: Most samples per onnxruntime call.
+CHUNK = 1024
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+#: Where checkpoints given to `resolve_model_path` are exported (override: $EBGEN_CACHE_DIR).
+CACHE_ENV = "EBGEN_CACHE_DIR"
+
+
+class InferenceModel:
+    """A model directory loaded into onnxruntime sessions (generator and energy).
+
+    `threads` sets onnxruntime's intra-op threads per session (default: its own choice).
+    Attributes: `info` (the model.json dict), `directory`, `providers` (execution providers of
+    the created sessions, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    `sample_shape` ((C, H, W) or (D,)), `z_dim`, `kind` ("image" or "points").
+    """
+
+    def __init__(self, directory: str | Path, device: str = "auto",
+                 threads: int | None = None) -> None:
+        self.directory = Path(directory)
+        self.info: dict[str, Any] = read_model_info(self.directory)
+        self.sample_shape: tuple[int, ...] = tuple(self.info["sample_shape"])
+        self.z_dim: int = int(self.info["latent"]["z_dim"])
+        self.kind: str = self.info["kind"]
+        self.distribution: str = self.info["latent"].get("distribution", "uniform")
+        onnx = self.info["onnx"]
+        providers = _providers(device)
+        self._generator = _Net(self.directory, onnx["generator"], providers, threads)
+        self._energy = _Net(self.directory, onnx["energy"], providers, threads)
+        self.providers: list[str] = self._generator.session.get_providers()
+        if device.startswith("cuda") and CUDA_PROVIDER not in self.providers:
+            raise EbgenError(f"device {device!r} asked for, but onnxruntime could not create a "
+                             f"CUDA session here (got {', '.join(self.providers)}); use "
+                             f"--device cpu or auto")
+        quantiles = self.info.get("energy_quantiles") or {}
+        self._q_values = np.asarray(quantiles.get("values", []), dtype=np.float64)
+        self._q_levels = 100.0 * np.asarray(quantiles.get("levels", []), dtype=np.float64)
+        log.info("loaded model %s from %s on %s", self.info.get("name"), self.directory,
+                 ", ".join(self.providers))
+
+    def __repr__(self) -> str:
+        return (f"InferenceModel({self.info.get('name')!r}, kind={self.kind!r}, "
+                f"sample_shape={self.sample_shape}, providers={self.providers})")
+
+    def latents(self, n: int, seed: int | None = None) -> np.ndarray:
+        """The `n` latents `generate(n, seed)` uses: float32 (n, z_dim)."""
+        n = _count(n)
+        return sample_latents(n, self.z_dim, seed, self.distribution)
+
+    def generate(self, n: int, seed: int | None = None) -> np.ndarray:
+        """`n` samples as float32 (n, *sample_shape): images in [-1, 1], or points.
+
+        The same `seed` gives the same latents, hence the same samples, on every device and
+        in PyTorch; `seed=None` draws fresh ones.
+        """
+        return self._generator.run(self.latents(n, seed))
+
+    def generate_uint8(self, n: int, seed: int | None = None) -> np.ndarray:
+        """`n` images as uint8 (n, C, H, W) in [0, 255] (image models only)."""
+        if self.kind != "image":
+            raise EbgenError("uint8 pixels exist for image models only; this is a "
+                             f"{self.kind} model")
+        return unit_to_uint8(self.generate(n, seed))
+
+    def energy(self, x: np.ndarray) -> np.ndarray:
+        """E(x) per sample, float32 (n,); lower energy = more probable.
+
+        `x` is (n, *sample_shape) or one sample of `sample_shape`, float in [-1, 1] (images)
+        or uint8 pixels (converted through `ebgen.pixels`).
+        """
+        return self._energy.run(self._check_input(x)).reshape(-1)
+
+    def percentile(self, energy: np.ndarray) -> np.ndarray:
+        """Percentile of each energy among the training data's energies, float64 in [0, 100].
+
+        Linear interpolation in model.json's `energy_quantiles` (levels 0.1 % … 99.9 %),
+        extrapolated linearly past the ends and clipped to [0, 100]. Higher percentile =
+        higher energy = less typical of the training data; NaN stays NaN.
+        """
+        e = np.asarray(energy, dtype=np.float64)
+        values, levels = self._q_values, self._q_levels
+        if len(values) < 2:
+            raise EbgenError(f"{self.directory / MODEL_FILE} has no energy_quantiles: "
+                             f"re-export the model to get percentiles")
+        p = np.interp(e, values, levels)
+        for end, inner, side in ((0, 1, e < values[0]), (-1, -2, e > values[-1])):
+            dv = values[end] - values[inner]
+            if dv != 0:
+                slope = (levels[end] - levels[inner]) / dv
+                p = np.where(side, levels[end] + (e - values[end]) * slope, p)
+            else:
+                p = np.where(side, 0.0 if end == 0 else 100.0, p)
+        return np.clip(p, 0.0, 100.0)
+
+    def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Per sample: `energy`, `log_density` (= −energy, unnormalised) and `percentile`."""
+        energy = self.energy(x)
+        return {"energy": energy, "log_density": -energy, "percentile": self.percentile(energy)}
+
+    def _check_input(self, x: Any) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape == self.sample_shape:
+            x = x[None]
+        if x.ndim != len(self.sample_shape) + 1 or x.shape[1:] != self.sample_shape:
+            raise EbgenError(f"input of shape {x.shape} does not fit this model: expected "
+                             f"(n, {', '.join(map(str, self.sample_shape))})")
+        if x.dtype == np.uint8 and self.kind == "image":
+            return uint8_to_unit(x)
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise EbgenError(f"input of dtype {x.dtype} is not numeric")
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class _Net:
+    """One ONNX file of the model directory in an onnxruntime session, run in chunks."""
+
+    def __init__(self, directory: Path, entry: dict[str, Any], providers: list,
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = directory / entry["file"]
+        if not path.is_file():
+            raise EbgenError(f"model directory {directory} is missing {entry['file']}")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:
+            raise EbgenError(f"onnxruntime cannot load {path}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
+        self.input, self.output = entry["input"], entry["output"]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        parts = [self.session.run([self.output], {self.input: x[i:i + CHUNK]})[0]
+                 for i in range(0, len(x), CHUNK)]
+        if parts:
+            return np.concatenate(parts)
+        out = self.session.get_outputs()[0]
+        shape = [0] + [d if isinstance(d, int) else 0 for d in out.shape[1:]]
+        return np.zeros(shape, dtype=np.float32)
+
+
+def _count(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise EbgenError(f"number of samples must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+def _providers(device: str) -> list:
+    """Execution providers to ask for: auto → CUDA first when onnxruntime has it; cpu; cuda[:N]."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if device == "auto":
+        return [CUDA_PROVIDER, CPU_PROVIDER] if CUDA_PROVIDER in available else [CPU_PROVIDER]
+    if device == "cuda" or device.startswith("cuda:"):
+        index = device.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise EbgenError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+        if CUDA_PROVIDER not in available:
+            raise EbgenError(f"device {device!r} asked for, but this onnxruntime has no CUDA "
+                             f"provider (install onnxruntime-gpu: pip install 'ebgen[gpu]')")
+        return [(CUDA_PROVIDER, {"device_id": int(index)}), CPU_PROVIDER]
+    raise EbgenError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+
+
+def cache_dir() -> Path:
+    """Where exported checkpoints are cached: $EBGEN_CACHE_DIR, else ~/.cache/ebgen/models."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ebgen" / "models"
+
+
+def bundled_model_path(name: str) -> Path | None:
+    """The model directory of the bundled pretrained model `name`, or None.
+
+    Hook for the pretrained-models issue: ships none yet, so always None.
+    """
+    return None
+
+
+def _checkpoint_hash(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS):
+        path = directory / name
+        digest.update(name.encode() + b"\0")
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """The model directory for a model directory path, a checkpoint directory or a name.
+
+    - a folder with model.json: returned as is (no torch);
+    - a folder with config.json (a training checkpoint): exported once, without archives, to
+      `cache_dir()/<hash of its config and weights>` and that folder returned (needs torch);
+    - otherwise a bundled model name (`bundled_model_path`); else `EbgenError`.
+    """
+    path = Path(name_or_path).expanduser()
+    if (path / MODEL_FILE).is_file():
+        return path
+    if (path / CONFIG_FILE).is_file():
+        target = cache_dir() / _checkpoint_hash(path)
+        if not (target / MODEL_FILE).is_file():
+            from ebgen.export import export_model  # needs torch: only on this path
+
+            log.info("exporting checkpoint %s to %s", path, target)
+            try:
+                export_model(path, target, force=True, archive=False, progress=False)
+            except EbgenError:
+                if not (target / MODEL_FILE).is_file():  # else a concurrent export won
+                    raise
+        return target
+    if isinstance(name_or_path, str) and not path.exists():
+        bundled = bundled_model_path(name_or_path)
+        if bundled is not None:
+            return bundled
+    raise EbgenError(f"{name_or_path} is not a model: expected a model directory (with "
+                     f"{MODEL_FILE}, from `ebgen export`), a checkpoint directory (with "
+                     f"{CONFIG_FILE}, from `ebgen train`) or a bundled model name")
+
+
+def load_model(path: str | Path, device: str = "auto",
+               threads: int | None = None) -> InferenceModel:
+    """An `InferenceModel` for a model directory (or checkpoint directory, or bundled name).
+
+    `device`: auto (CUDA when onnxruntime really can, else CPU), cpu, or cuda[:N] (an
+    `EbgenError` if CUDA is not really available). `threads`: onnxruntime intra-op threads
+    per session (default: onnxruntime's choice, one per physical core).
+
+    Example:
+        >>> model = load_model("models/tiny")                # doctest: +SKIP
+        >>> model.generate(16, seed=0).shape
+        (16, 1, 8, 8)
+    """
+    return InferenceModel(resolve_model_path(path), device, threads)
