@@ -85,7 +85,14 @@ class InferenceModel:
         The same `seed` gives the same latents, hence the same samples, on every device and
         in PyTorch; `seed=None` draws fresh ones.
         """
-        return self._generator.run(self.latents(n, seed))
+        return self.generate_from_latents(self.latents(n, seed))
+
+    def generate_from_latents(self, z: np.ndarray) -> np.ndarray:
+        """G(z) for explicit latents float32 (n, z_dim) (e.g. several requests' latents at once)."""
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise EbgenError(f"latents must be (n, {self.z_dim}), got {z.shape}")
+        return self._generator.run(z)
 
     def generate_uint8(self, n: int, seed: int | None = None) -> np.ndarray:
         """`n` images as uint8 (n, C, H, W) in [0, 255] (image models only)."""

@@ -1,0 +1,47 @@
+# ebgen serving image: TorchServe (default) or the built-in HTTP service over one model directory.
+#
+#   ebgen export runs/mnist --out model            # the model directory this image serves
+#   docker build -t ebgen .                        # or --build-arg MODEL_DIR=path/to/model
+#   docker run -p 8080:8080 -p 8082:8082 ebgen     # TorchServe; token in /srv/torchserve/key_file.json
+#   docker exec CONTAINER cat /srv/torchserve/key_file.json
+#   docker run -p 8080:8080 ebgen ebgen serve /models/model --host 0.0.0.0 --workers 2   # HTTP service
+#
+# tests/test_dockerfile.py replays the install (RUN pip ...) and start (CMD) steps in a fresh venv.
+FROM python:3.11-slim
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG MODEL_DIR=model
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/ebgen
+COPY pyproject.toml README.md ./
+COPY ebgen ./ebgen
+COPY train ./train
+COPY export ./export
+COPY serve ./serve
+COPY cli ./cli
+# torch first, from the CPU wheel index (the CUDA build from PyPI is several GB).
+RUN pip install --extra-index-url "$TORCH_INDEX" "torch==2.13.0"
+RUN pip install ".[cpu,serve,torchserve]"
+
+COPY ${MODEL_DIR} /models/model
+RUN useradd --create-home --uid 10001 ebgen \
+    && mkdir -p /srv/torchserve && chown ebgen /srv/torchserve
+USER ebgen
+WORKDIR /srv/torchserve
+
+# 8080 inference (both engines), 8082 TorchServe's Prometheus metrics; management (8081)
+# stays on 127.0.0.1 inside the container.
+EXPOSE 8080 8082
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import sys; from ebgen.serve.torchserve import healthcheck; sys.exit(healthcheck('/srv/torchserve', 8080))"]
+
+CMD ["ebgen", "serve", "/models/model", "--engine", "torchserve", "--host", "0.0.0.0", "--port", "8080", "--workdir", "/srv/torchserve"]

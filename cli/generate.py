@@ -1,0 +1,72 @@
+"""`ebgen generate`: wraps `ebgen.serve.service.generate_response` (the servers' own core)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import device_option, seed_option
+
+
+@click.command("generate")
+@click.argument("model", metavar="MODEL")
+@click.option("-n", "--num-samples", type=int, default=64, show_default=True,
+              help="Samples to draw.")
+@seed_option()
+@click.option("--out", default="samples", show_default=True, metavar="DIR|FILE",
+              help="A folder (one file per sample, or grid.png / samples.npy), or a .png/.npy "
+                   "file (a grid, or the array).")
+@click.option("--grid", is_flag=True, help="Write one PNG grid instead of one PNG per sample.")
+@click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default=None,
+              help="png (uint8 images) or npy (float32 N×C×H×W in [-1, 1]). "
+                   "(default: from --out's suffix, else png)")
+@device_option()
+def generate_command(model, num_samples, seed, out, grid, fmt, device) -> None:
+    """Draw samples from a model's generator (same seed, same pixels as the servers).
+
+    MODEL is a model directory, a checkpoint directory or a bundled model name.
+
+    \b
+    Examples:
+      ebgen generate models/tiny -n 16 --seed 0 --out samples/
+      ebgen generate models/tiny -n 64 --out grid.png
+      ebgen generate models/tiny -n 1000 --format npy --out samples.npy
+    """
+    from ebgen.serve import codecs, load_model
+    from ebgen.serve.service import generate_response
+    from ebgen.serve.validation import GenerateParams, Limits
+
+    target = Path(out)
+    suffix = target.suffix.lower()
+    fmt = fmt or ("npy" if suffix == ".npy" else "png")
+    if suffix in (".png", ".npy") and suffix != f".{fmt}":
+        raise click.UsageError(f"--out {out} does not match --format {fmt}")
+    if num_samples < 1:
+        raise click.UsageError("-n must be at least 1")
+    m = load_model(model, device)
+    single_file = suffix in (".png", ".npy")
+    per_sample = fmt == "png" and not grid and not single_file
+    if m.kind != "image" and fmt == "png":
+        raise click.UsageError(f"{model} is a {m.kind} model: use --format npy")
+    params = GenerateParams(num_samples=num_samples, seed=seed,
+                            format="json" if per_sample else fmt, grid=False if per_sample
+                            else grid or num_samples > 1)
+    reply = generate_response(m, params, Limits(max_samples=max(num_samples, 1)))
+    if single_file:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(reply.body)
+        click.echo(f"{num_samples} samples (seed {seed}) in {target}")
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    if per_sample:
+        import base64
+
+        images = codecs.parse_json(reply.body)["images"]
+        width = len(str(num_samples - 1))
+        for i, image in enumerate(images):
+            (target / f"sample_{i:0{width}d}.png").write_bytes(base64.b64decode(image))
+        click.echo(f"{num_samples} PNGs (seed {seed}) in {target}/")
+        return
+    name = "samples.npy" if fmt == "npy" else "grid.png"
+    (target / name).write_bytes(reply.body)
+    click.echo(f"{num_samples} samples (seed {seed}) in {target / name}")

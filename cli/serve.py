@@ -1,0 +1,82 @@
+"""`ebgen serve`: wraps `ebgen.serve.http_service.run_http` (default) and
+`ebgen.serve.torchserve.serve_torchserve` (--engine torchserve)."""
+from __future__ import annotations
+
+import click
+
+from .options import device_option
+
+
+@click.command("serve")
+@click.argument("model", metavar="MODEL")
+@click.option("--engine", type=click.Choice(["http", "torchserve"]), default="http",
+              show_default=True,
+              help="http: the built-in service (Open Inference Protocol v2, no JVM); "
+                   "torchserve: TorchServe with the generate/score archives (needs Java 17).")
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="EBGEN_HOST",
+              metavar="ADDR", help="Address to listen on; 0.0.0.0 exposes the service.")
+@click.option("--port", type=int, default=8080, show_default=True, envvar="EBGEN_PORT",
+              help="Inference port (TorchServe: management on PORT+1, metrics on PORT+2).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes (http) or workers per model (torchserve).")
+@click.option("--max-batch-size", type=int, default=16, show_default=True,
+              help="Most requests combined into one onnxruntime call.")
+@click.option("--max-delay-ms", type=float, default=5.0, show_default=True,
+              help="Longest wait for a batch to fill.")
+@click.option("--max-queue", type=int, default=64, show_default=True,
+              help="Requests waiting per model before 503 + Retry-After (http engine).")
+@click.option("--max-samples", type=int, default=1024, show_default=True,
+              help="Cap on num_samples per generate request.")
+@click.option("--max-body-mb", type=float, default=8.0, show_default=True,
+              help="Cap on a request body in MiB (413 beyond).")
+@click.option("--no-auth", is_flag=True,
+              help="TorchServe only: turn token auth off (it is on by default).")
+@click.option("--workdir", default=None, metavar="DIR",
+              help="TorchServe only: config, keys (key_file.json) and logs. (default: a new "
+                   "temporary folder)")
+@device_option()
+def serve_command(model, engine, host, port, workers, max_batch_size, max_delay_ms, max_queue,
+                  max_samples, max_body_mb, no_auth, workdir, device) -> None:
+    """Serve generation and energy scoring over HTTP on 127.0.0.1.
+
+    MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache
+    first) or a bundled model name.
+
+    \b
+    Examples:
+      ebgen serve models/tiny
+      ebgen serve models/tiny --workers 2 --port 9000
+      ebgen serve models/tiny --engine torchserve --workdir /srv/ts
+      curl -s 127.0.0.1:8080/generate -d '{"num_samples": 16, "seed": 0}' -o grid.png
+      curl -s 127.0.0.1:8080/score --data-binary @digit.png
+    """
+    import logging
+    import sys
+
+    from ebgen.serve.runtime import resolve_model_path
+    from ebgen.serve.validation import Limits
+
+    if min(workers, max_batch_size, max_queue, max_samples) < 1 or max_delay_ms < 0:
+        raise click.UsageError("--workers, --max-batch-size, --max-queue and --max-samples "
+                               "must be at least 1; --max-delay-ms at least 0")
+    limits = Limits(max_samples=max_samples, max_score_inputs=max(max_samples, 1024),
+                    max_body_bytes=int(max_body_mb * 2**20))
+    path = str(resolve_model_path(model))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if engine == "torchserve":
+        from ebgen.serve.torchserve import TorchServeConfig, serve_torchserve
+
+        cfg = TorchServeConfig(path, host=host, port=port, management_port=port + 1,
+                               metrics_port=port + 2, workers=workers,
+                               max_batch_size=max_batch_size, max_delay_ms=int(max_delay_ms),
+                               auth=not no_auth, workdir=workdir, limits=limits)
+        sys.exit(serve_torchserve(cfg, echo=click.echo))
+    if no_auth or workdir:
+        raise click.UsageError("--no-auth and --workdir apply to --engine torchserve only")
+    from ebgen.serve.http_service import ServeConfig, run_http
+
+    click.echo(f"ebgen HTTP service on http://{host}:{port}: POST /generate, POST /score, "
+               f"/v2/models/{{generator,energy}}/infer, GET /metrics; Ctrl-C stops")
+    run_http(ServeConfig(path, host=host, port=port, workers=workers, device=device,
+                         max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
+                         max_queue=max_queue, limits=limits))

@@ -1,0 +1,259 @@
+"""Request decoding and response encoding, written once for every front door.
+
+Decoders turn what a client sends into numpy arrays; encoders turn model outputs into what a
+client receives. Nothing here checks shapes or values against a model (that is
+`ebgen.serve.validation`) and nothing runs a model (that is `ebgen.serve.service`).
+
+Accepted inputs: PNG/JPEG bytes (pillow), `.npy` bytes (no pickles), base64 PNG/JPEG strings
+(optionally a `data:image/png;base64,` URL) and JSON tensors (nested lists). Images come back as
+uint8 C×H×W arrays; `.npy` and JSON tensors keep their own dtype (uint8 = pixels in [0, 255],
+floats = the model range [-1, 1]). Every pixel-range change goes through `ebgen.pixels`.
+
+    >>> png = encode_png(np.zeros((1, 8, 8), np.uint8))
+    >>> decode_payload(png).shape
+    (1, 8, 8)
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+import re
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ebgen.images import one_line
+from ebgen.pixels import unit_to_uint8
+
+from .validation import RequestError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+NPY_MAGIC = b"\x93NUMPY"
+#: Pillow modes decoded as one grey channel; every other mode becomes RGB.
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+#: Largest image (in pixels) pillow may decode; a decompression bomb is a 413.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def sniff(data: bytes) -> str:
+    """What a byte payload is: "png", "jpeg", "npy", "json" or "unknown"."""
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if data.startswith(NPY_MAGIC):
+        return "npy"
+    if data.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    return "unknown"
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes as a uint8 C×H×W array: one channel for grey modes, else three (RGB)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise RequestError(413, f"image of {w}x{h} px is too large to decode")
+            img.load()
+            mode = "L" if img.mode in GREY_MODES else "RGB"
+            if img.mode in ("I", "I;16", "F"):  # 16-bit or float grey: scale to 8 bits
+                arr = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+                arr = np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8)
+            else:
+                arr = np.asarray(img.convert(mode), dtype=np.uint8)
+    except RequestError:
+        raise
+    except Exception as err:  # pillow raises many kinds for damaged files
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", one_line(err))
+        raise RequestError(400, f"corrupt or unsupported image: {reason}") from None
+    return arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def decode_npy(data: bytes) -> np.ndarray:
+    """`.npy` bytes as an array (uint8, integer or float; object arrays are refused)."""
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as err:
+        raise RequestError(400, f"corrupt .npy payload: {one_line(err)}") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "uif":
+        raise RequestError(422, f".npy payload has dtype {getattr(arr, 'dtype', '?')}, "
+                                "expected uint8 pixels or floats in [-1, 1]")
+    return arr
+
+
+def decode_base64_image(text: str) -> np.ndarray:
+    """A base64 PNG/JPEG string (plain or a `data:image/...;base64,` URL) as uint8 C×H×W."""
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise RequestError(400, f"invalid base64 image: {one_line(err)}") from None
+    if sniff(raw) not in ("png", "jpeg"):
+        raise RequestError(400, "base64 string does not hold a PNG or JPEG image")
+    return decode_image(raw)
+
+
+def decode_json_tensor(value: Any, dtype: str = "float32") -> np.ndarray:
+    """A nested list of numbers as an array; `dtype` "uint8" reads 0–255 pixels."""
+    if dtype not in ("float32", "uint8"):
+        raise RequestError(422, f"unknown dtype {dtype!r}: expected float32 or uint8")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise RequestError(422, f"JSON tensor is not a rectangular array of numbers: "
+                                f"{one_line(err)}") from None
+    if dtype == "uint8":
+        if arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255
+                         or np.any(arr != np.rint(arr))):
+            raise RequestError(422, "uint8 JSON tensor must hold integers in [0, 255]")
+        return arr.astype(np.uint8)
+    return arr.astype(np.float32)
+
+
+def decode_payload(data: bytes) -> np.ndarray:
+    """One binary body (PNG, JPEG or `.npy`), sniffed by its magic bytes."""
+    kind = sniff(data)
+    if kind in ("png", "jpeg"):
+        return decode_image(data)
+    if kind == "npy":
+        return decode_npy(data)
+    if kind == "json":
+        raise RequestError(400, "JSON body sent as a binary payload: set Content-Type: "
+                                "application/json")
+    if not data:
+        raise RequestError(400, "empty body: send a PNG, JPEG, .npy or JSON payload")
+    raise RequestError(400, "unrecognised payload: expected PNG, JPEG, .npy or JSON "
+                            f"(first bytes {data[:8]!r})")
+
+
+def parse_json(body: bytes | str) -> Any:
+    """A JSON body parsed; malformed JSON (or NaN/Infinity literals) is a 400."""
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(body, parse_constant=no_constants)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"malformed JSON: {one_line(err)}") from None
+
+
+# ----------------------------------------------------------------------------------- encoders
+
+def _pil(image: np.ndarray) -> Image.Image:
+    """A uint8 C×H×W array as a pillow image (L or RGB)."""
+    if image.shape[0] == 1:
+        return Image.fromarray(np.ascontiguousarray(image[0]), mode="L")
+    return Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """One uint8 C×H×W image (or a float one in [-1, 1]) as PNG bytes."""
+    if image.dtype != np.uint8:
+        image = unit_to_uint8(image)
+    buf = io.BytesIO()
+    _pil(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """N×C×H×W uint8 images tiled into one C×H'×W' image (near-square; `nrow` per row)."""
+    n, c, h, w = images.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = max(1, math.ceil(n / nrow))
+    grid = np.zeros((c, rows * (h + padding) + padding, nrow * (w + padding) + padding),
+                    dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid
+
+
+def encode_grid(images: np.ndarray, nrow: int | None = None) -> bytes:
+    """N×C×H×W images (uint8, or floats in [-1, 1]) as one PNG grid."""
+    if images.dtype != np.uint8:
+        images = unit_to_uint8(images)
+    return encode_png(make_grid(images, nrow))
+
+
+def encode_npy(array: np.ndarray) -> bytes:
+    """An array as `.npy` bytes."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """Bytes as an ASCII base64 string."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_json_images(images: np.ndarray, grid: bool = False) -> dict[str, Any]:
+    """N×C×H×W images as JSON-ready base64 PNGs: {"images": [...]} (+ "grid" when asked)."""
+    pixels = images if images.dtype == np.uint8 else unit_to_uint8(images)
+    out: dict[str, Any] = {"images": [b64(encode_png(p)) for p in pixels]}
+    if grid:
+        out["grid"] = b64(encode_png(make_grid(pixels)))
+    return out
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact one-line JSON bytes (NaN is refused: it is not JSON)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# ------------------------------------------------------------- Open Inference Protocol v2
+
+#: v2 datatypes accepted on input, and their numpy types.
+V2_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8}
+V2_TENSOR_FIELDS = ("name", "shape", "datatype", "data", "parameters")
+
+
+def decode_v2_tensor(tensor: Any) -> tuple[str, np.ndarray]:
+    """A v2 input tensor {"name", "shape", "datatype", "data"} as (name, array of shape)."""
+    if not isinstance(tensor, dict):
+        raise RequestError(422, "each v2 input must be an object with name, shape, datatype, "
+                                "data")
+    unknown = sorted(set(tensor) - set(V2_TENSOR_FIELDS))
+    if unknown:
+        raise RequestError(422, f"unknown field {unknown[0]!r} in v2 input; expected "
+                                f"{', '.join(V2_TENSOR_FIELDS[:4])}")
+    missing = [k for k in V2_TENSOR_FIELDS[:4] if k not in tensor]
+    if missing:
+        raise RequestError(422, f"v2 input lacks {missing[0]!r}")
+    name, shape, dtype = tensor["name"], tensor["shape"], tensor["datatype"]
+    if dtype not in V2_DTYPES:
+        raise RequestError(422, f"v2 datatype {json.dumps(dtype)[:20]} is not supported: "
+                                f"expected {', '.join(V2_DTYPES)}")
+    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                               and d >= 0 for d in shape)):
+        raise RequestError(422, "v2 shape must be a list of non-negative integers")
+    try:
+        flat = np.asarray(tensor["data"], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise RequestError(422, f"v2 data of {name!r} is not a list of numbers: "
+                                f"{one_line(err)}") from None
+    if flat.size != math.prod(shape):
+        raise RequestError(422, f"v2 input {name!r} has {flat.size} values for shape {shape} "
+                                f"({math.prod(shape)} expected)")
+    if dtype == "UINT8" and flat.size and (flat.min() < 0 or flat.max() > 255
+                                           or np.any(flat != np.rint(flat))):
+        raise RequestError(422, f"v2 input {name!r}: UINT8 data must be integers in [0, 255]")
+    return str(name), flat.astype(V2_DTYPES[dtype]).reshape(shape)
+
+
+def encode_v2_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """An array as a v2 output tensor (row-major flat data)."""
+    kinds = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64",
+             np.dtype(np.uint8): "UINT8"}
+    dtype = kinds.get(array.dtype, "FP32")
+    data = array.astype(np.float32 if dtype == "FP32" else array.dtype).reshape(-1).tolist()
+    return {"name": name, "datatype": dtype, "shape": list(array.shape), "data": data}

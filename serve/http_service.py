@@ -1,0 +1,317 @@
+"""The built-in HTTP service (FastAPI + uvicorn): `ebgen serve MODEL` with no JVM.
+
+Endpoints (bodies in `ebgen.serve.service`):
+
+    GET  /v2/health/live, /v2/health/ready     Open Inference Protocol v2 (KServe, Triton)
+    GET  /v2, /v2/models/{name}[/ready]        metadata of "generator" and "energy"
+    POST /v2/models/generator/infer            input "z" [N, z_dim], or parameters
+                                               {"num_samples", "seed"} → output "x"
+    POST /v2/models/energy/infer               input "x" [N, C, H, W] (FP32 in [-1, 1] or
+                                               UINT8) → "energy", "log_density", "percentile"
+    POST /generate, POST /score                the same bodies as TorchServe's handlers
+    GET  /metrics                              Prometheus
+
+Concurrent requests are micro-batched into one onnxruntime call per model (bounded queue; a
+full queue answers 503 with Retry-After). Every bad request gets a 4xx `{"error": "..."}`.
+
+    curl -s 127.0.0.1:8080/generate -d '{"num_samples": 16, "seed": 0}' -o samples.png
+    curl -s 127.0.0.1:8080/score --data-binary @digit.png
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from ebgen import __version__
+
+from . import codecs, service
+from .batching import MicroBatcher
+from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_generate,
+                         check_latents, check_samples, check_v2_request)
+
+log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
+CONFIG_ENV = "EBGEN_SERVE_CONFIG"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: v2 model names → their output tensors.
+V2_MODELS = {"generator": ("x",), "energy": ("energy", "log_density", "percentile")}
+
+
+@dataclass
+class ServeConfig:
+    """How to run the HTTP service (also what `ebgen serve` options fill in)."""
+
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    device: str = "auto"
+    max_batch_size: int = 16
+    max_delay_ms: float = 5.0
+    max_queue: int = 64
+    limits: Limits = field(default_factory=Limits)
+    log_level: str = "info"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> ServeConfig:
+        data = json.loads(text)
+        data["limits"] = Limits(**data.get("limits", {}))
+        return cls(**data)
+
+
+class _Metrics:
+    """Prometheus metrics of one app (multi-process safe when PROMETHEUS_MULTIPROC_DIR is set)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("ebgen_requests", "HTTP requests answered.",
+                                ["endpoint", "status"], registry=r)
+        self.latency = Histogram("ebgen_request_seconds", "Request latency.", ["endpoint"],
+                                 registry=r)
+        self.batch = Histogram("ebgen_batch_size", "Requests per onnxruntime call.", ["model"],
+                               buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.queue = Gauge("ebgen_queue_depth", "Requests waiting for a batch.", ["model"],
+                           multiprocess_mode="livesum", registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if os.environ.get(MULTIPROC_ENV):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _response(reply: service.Reply) -> Response:
+    return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
+                    headers=reply.headers)
+
+
+def _error(err: RequestError) -> Response:
+    return _response(service.Reply.error(err))
+
+
+async def _read_body(request: Request, limits: Limits) -> bytes:
+    """The body, refused with 413 as soon as it (or its Content-Length) passes the cap."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit():
+        check_body_size(int(length), limits)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        check_body_size(total, limits)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
+    """The FastAPI app for `config` (loading `config.model` at start unless `model` is given)."""
+    limits = config.limits
+    metrics = _Metrics()
+    state: dict[str, Any] = {"model": model, "ready": False}
+
+    def batcher(name: str, run) -> MicroBatcher:
+        b = MicroBatcher(lambda items: run(state["model"], items), config.max_batch_size,
+                         config.max_delay_ms, config.max_queue, name=name)
+        b.on_batch = lambda n, s: metrics.batch.labels(name).observe(n)
+        return b
+
+    gen = batcher("generator", service.run_generator_batch)
+    energy = batcher("energy", service.run_energy_batch)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if state["model"] is None:
+            from .runtime import load_model
+
+            state["model"] = load_model(config.model, config.device)
+        m = state["model"]
+        log.info("ebgen HTTP service: model %s %s on %s (pid %d)", m.info.get("name"),
+                 list(m.sample_shape), ", ".join(m.providers), os.getpid())
+        await gen.start()
+        await energy.start()
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await gen.stop()
+        await energy.stop()
+
+    app = FastAPI(title="ebgen", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, err: RequestError):
+        return _error(err)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException):
+        reason = err.detail if isinstance(err.detail, str) else "request refused"
+        if err.status_code == 404:
+            reason = f"no such endpoint {request.method} {request.url.path}"
+        return _error(RequestError(err.status_code, reason))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, err: RequestValidationError):
+        return _error(RequestError(422, "invalid request"))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, err: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return _error(RequestError(500, f"internal error: {type(err).__name__}"))
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "other")
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        metrics.queue.labels("generator").set(gen.queued)
+        metrics.queue.labels("energy").set(energy.queued)
+        return response
+
+    async def generate_x(params: GenerateParams) -> np.ndarray:
+        return await gen.submit(service.latents_for(state["model"], params))
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        params = service.parse_generate(await _read_body(request, limits), limits)
+        x = await generate_x(params)
+        return _response(service.encode_generate(state["model"], params, x))
+
+    @app.post("/score")
+    async def score(request: Request):
+        x = service.decode_score_request(await _read_body(request, limits), state["model"],
+                                         limits)
+        return _response(service.Reply.json(service.score_result(state["model"],
+                                                                 await energy.submit(x))))
+
+    @app.get("/metrics")
+    async def prometheus():
+        body, media = metrics.render()
+        return Response(body, media_type=media)
+
+    @app.get("/v2")
+    async def server_metadata():
+        return {"name": "ebgen", "version": __version__, "extensions": []}
+
+    @app.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready():
+        if not state["ready"]:
+            raise RequestError(503, "model is loading")
+        return {"ready": True}
+
+    def v2_model(name: str) -> Any:
+        if name not in V2_MODELS:
+            raise RequestError(404, f"unknown model {name!r}: expected generator or energy")
+        return state["model"]
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str):
+        m = v2_model(name)
+        x = {"name": "x", "datatype": "FP32", "shape": [-1, *m.sample_shape]}
+        if name == "generator":
+            inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, m.z_dim]}]
+            outputs = [x]
+        else:
+            inputs = [x]
+            outputs = [{"name": n, "datatype": "FP64" if n == "percentile" else "FP32",
+                        "shape": [-1]} for n in V2_MODELS["energy"]]
+        return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                "inputs": inputs, "outputs": outputs,
+                "parameters": {"ebgen_model": m.info.get("name"),
+                               "providers": list(m.providers)}}
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str):
+        v2_model(name)
+        return {"name": name, "ready": state["ready"]}
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request):
+        m = v2_model(name)
+        req = check_v2_request(codecs.parse_json(await _read_body(request, limits)), name,
+                               V2_MODELS[name])
+        tensors = dict(codecs.decode_v2_tensor(t) for t in req["inputs"])
+        expected = "z" if name == "generator" else "x"
+        extra = sorted(set(tensors) - {expected})
+        if extra:
+            raise RequestError(422, f"unknown input {extra[0]!r} of {name}; expected {expected}")
+        out: dict[str, np.ndarray] = {}
+        parameters: dict[str, Any] = {}
+        if name == "generator":
+            if "z" in tensors:
+                if req["parameters"]:
+                    raise RequestError(422, "give either input z or parameters num_samples/seed")
+                z = check_latents(tensors["z"], m.z_dim, limits)
+            else:
+                params = check_generate(req["parameters"], limits)
+                z, parameters = service.latents_for(m, params), {"seed": params.seed}
+            out["x"] = await gen.submit(z)
+        else:
+            if "x" not in tensors:
+                raise RequestError(422, "energy needs input x")
+            x = check_samples(tensors["x"], m.sample_shape)
+            result = service.score_result(m, await energy.submit(x))
+            out = {"energy": np.asarray(result["energy"], np.float32),
+                   "log_density": np.asarray(result["log_density"], np.float32),
+                   "percentile": np.asarray(result["percentile"], np.float64)}
+        body = {"model_name": name, "model_version": "1",
+                "outputs": [codecs.encode_v2_tensor(k, out[k]) for k in req["outputs"]]}
+        if req["id"] is not None:
+            body["id"] = req["id"]
+        if parameters:
+            body["parameters"] = parameters
+        return Response(codecs.dumps(body), media_type=service.JSON_TYPE)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for worker processes: the app for the config in $EBGEN_SERVE_CONFIG."""
+    return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))
+
+
+def run_http(config: ServeConfig) -> None:
+    """Serve until Ctrl-C with `config.workers` uvicorn worker processes."""
+    import tempfile
+
+    import uvicorn
+
+    import shutil
+
+    os.environ[CONFIG_ENV] = config.to_json()
+    metrics_dir = None
+    if config.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="ebgen-metrics-")
+    try:
+        uvicorn.run("ebgen.serve.http_service:app_from_env", factory=True, host=config.host,
+                    port=config.port, workers=config.workers, log_level=config.log_level,
+                    timeout_graceful_shutdown=5)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,221 @@
+"""The one inference core: every front door (HTTP, TorchServe, CLI) answers through here.
+
+A request goes decode → check → run → encode, and each step lives once:
+`ebgen.serve.codecs` (decode, encode), `ebgen.serve.validation` (check), the runtime's
+onnxruntime sessions (run) and this module (glue). Batched front doors call the pieces
+(`latents_for`, `run_generator_batch`, `encode_generate`; `decode_score_request`,
+`run_energy_batch`, `score_result`); the others call `generate_response` / `score_response`,
+which are those same pieces composed.
+
+Request bodies (the same on `POST /generate`, `POST /score` and TorchServe's
+`/predictions/generate`, `/predictions/score`):
+
+    generate   {"num_samples": 16, "seed": 0, "format": "png"|"npy"|"json", "grid": false}
+               png: one PNG (the sample, or a grid when num_samples > 1 or grid is true);
+               npy: float32 N×C×H×W in [-1, 1]; json: {"seed", "shape", "images": [base64
+               PNG, ...], "grid": base64 PNG when asked} (points models: "samples" instead)
+    score      PNG/JPEG bytes, .npy bytes (one sample or a batch; uint8 pixels or floats in
+               [-1, 1]), or {"instances": [base64 PNG | nested list, ...], "dtype": "float32"
+               | "uint8"} → {"energy": [...], "log_density": [...], "percentile": [...]}
+
+    >>> from ebgen.serve import load_model
+    >>> model = load_model("models/tiny")                               # doctest: +SKIP
+    >>> generate_response(model, {"num_samples": 4, "seed": 1}).content_type  # doctest: +SKIP
+    'image/png'
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ebgen.pixels import unit_to_uint8
+
+from . import codecs
+from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_count,
+                         check_fields, check_generate, check_samples)
+
+#: Fields of a JSON score request.
+SCORE_FIELDS = ("instances", "dtype")
+JSON_TYPE = "application/json"
+NPY_TYPE = "application/x-npy"
+PNG_TYPE = "image/png"
+
+
+@dataclass
+class Reply:
+    """One answer: status, body bytes, content type and extra headers."""
+
+    body: bytes
+    content_type: str = JSON_TYPE
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, obj: Any, status: int = 200, **headers: str) -> Reply:
+        """A compact one-line JSON answer."""
+        return cls(codecs.dumps(obj), JSON_TYPE, status, dict(headers))
+
+    @classmethod
+    def error(cls, err: RequestError) -> Reply:
+        """`{"error": reason}` with the error's status (and Retry-After for a 503)."""
+        headers = {}
+        if getattr(err, "retry_after", None):
+            headers["Retry-After"] = str(err.retry_after)
+        return cls(err.body(), JSON_TYPE, err.status, headers)
+
+
+# ------------------------------------------------------------------------------- generate
+
+def latents_for(model: Any, params: GenerateParams) -> np.ndarray:
+    """The request's latents, drawn on the CPU from its seed by the runtime."""
+    return model.latents(params.num_samples, params.seed)
+
+
+def run_generator(model: Any, z: np.ndarray) -> np.ndarray:
+    """The generator on explicit latents z (N, z_dim) → float32 (N, *sample_shape)."""
+    return model.generate_from_latents(z)
+
+
+def _split(array: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
+    """`array` cut along axis 0 into consecutive parts of `sizes`."""
+    return np.split(array, np.cumsum(sizes)[:-1]) if sizes else []
+
+
+def run_generator_batch(model: Any, zs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Several requests' latents in one onnxruntime call; one output per request."""
+    if not zs:
+        return []
+    return _split(run_generator(model, np.concatenate(zs)), [len(z) for z in zs])
+
+
+def encode_generate(model: Any, params: GenerateParams, x: np.ndarray) -> Reply:
+    """Samples x (float32 in [-1, 1]) encoded as the request's format asks."""
+    seed = str(params.seed)
+    if params.format == "npy":
+        return Reply(codecs.encode_npy(x.astype(np.float32)), NPY_TYPE, headers={"X-Seed": seed})
+    if model.kind != "image":
+        if params.format == "png":
+            raise RequestError(422, f"format png needs an image model; this is a {model.kind} "
+                                    "model: ask for npy or json")
+        return Reply.json({"seed": params.seed, "shape": list(x.shape),
+                           "samples": x.astype(float).tolist()}, **{"X-Seed": seed})
+    if params.format == "png":
+        pixels = unit_to_uint8(x)
+        body = (codecs.encode_png(pixels[0]) if len(x) == 1 and not params.grid
+                else codecs.encode_png(codecs.make_grid(pixels)))
+        return Reply(body, PNG_TYPE, headers={"X-Seed": seed})
+    return Reply.json({"seed": params.seed, "shape": list(x.shape),
+                       **codecs.encode_json_images(x, grid=params.grid)}, **{"X-Seed": seed})
+
+
+def generate_batch(model: Any, requests: Sequence[GenerateParams | RequestError]
+                   ) -> list[Reply]:
+    """Checked requests (or their errors) → one answer each, with one generator call."""
+    good = [r for r in requests if isinstance(r, GenerateParams)]
+    outputs = iter(run_generator_batch(model, [latents_for(model, p) for p in good]))
+    replies = []
+    for r in requests:
+        if isinstance(r, RequestError):
+            replies.append(Reply.error(r))
+            continue
+        try:
+            replies.append(encode_generate(model, r, next(outputs)))
+        except RequestError as err:
+            replies.append(Reply.error(err))
+    return replies
+
+
+def parse_generate(body: bytes | str | Mapping | None, limits: Limits) -> GenerateParams:
+    """A raw generate body (JSON bytes, text, an already parsed object, or empty) checked."""
+    if isinstance(body, (bytes, bytearray, str)):
+        check_body_size(len(body), limits)
+        body = codecs.parse_json(body) if body.strip() else {}
+    return check_generate(body, limits)
+
+
+def generate_response(model: Any, params: GenerateParams | Mapping | None = None,
+                      limits: Limits | None = None) -> Reply:
+    """One generate request answered (raises `RequestError` for a bad one)."""
+    params = params if isinstance(params, GenerateParams) else \
+        check_generate(params or {}, limits or Limits(), default_seed=0)
+    reply = generate_batch(model, [params])[0]
+    if reply.status != 200:
+        raise RequestError(reply.status, codecs.parse_json(reply.body)["error"])
+    return reply
+
+
+# ---------------------------------------------------------------------------------- score
+
+def _decode_instance(item: Any, dtype: str) -> np.ndarray:
+    """One JSON instance: a base64 PNG/JPEG string or a nested list."""
+    if isinstance(item, str):
+        return codecs.decode_base64_image(item)
+    if isinstance(item, list):
+        return codecs.decode_json_tensor(item, dtype)
+    raise RequestError(422, "each instance must be a base64 PNG/JPEG string or a nested list")
+
+
+def decode_score_request(body: bytes | str | Mapping | np.ndarray, model: Any,
+                         limits: Limits) -> np.ndarray:
+    """A score body → checked float32 (N, *sample_shape) in [-1, 1], or `RequestError`."""
+    shape = model.sample_shape
+    if isinstance(body, np.ndarray):
+        x = check_samples(body, shape)
+    else:
+        if isinstance(body, (bytes, bytearray, str)):
+            check_body_size(len(body), limits)
+            raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+            body = codecs.parse_json(raw) if codecs.sniff(raw) == "json" else raw
+        if isinstance(body, bytes):
+            x = check_samples(codecs.decode_payload(body), shape)
+        else:
+            if not isinstance(body, Mapping) or "instances" not in body:
+                raise RequestError(422, 'JSON score request must be {"instances": [...]} '
+                                        '(base64 PNGs or nested lists)')
+            check_fields(body, SCORE_FIELDS, "score")
+            items, dtype = body["instances"], body.get("dtype", "float32")
+            if not isinstance(items, list) or not items:
+                raise RequestError(422, "instances must be a non-empty list")
+            check_count(len(items), limits)
+            x = np.concatenate([check_samples(_decode_instance(i, dtype), shape)
+                                for i in items])
+    check_count(len(x), limits)
+    return x
+
+
+def run_energy_batch(model: Any, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Several requests' inputs in one onnxruntime call; energies (n,) per request."""
+    if not xs:
+        return []
+    return _split(model.energy(np.concatenate(xs)), [len(x) for x in xs])
+
+
+def score_result(model: Any, energy: np.ndarray) -> dict[str, list[float]]:
+    """Energies → {"energy", "log_density", "percentile"} lists (percentile via the runtime)."""
+    energy = np.asarray(energy, dtype=np.float32)
+    return {"energy": [float(e) for e in energy],
+            "log_density": [float(-e) for e in energy],
+            "percentile": [float(p) for p in model.percentile(energy)]}
+
+
+def score_batch(model: Any, requests: Sequence[np.ndarray | RequestError]) -> list[Reply]:
+    """Checked inputs (or their errors) → one answer each, with one energy call."""
+    good = [r for r in requests if isinstance(r, np.ndarray)]
+    energies = iter(run_energy_batch(model, good))
+    return [Reply.error(r) if isinstance(r, RequestError)
+            else Reply.json(score_result(model, next(energies))) for r in requests]
+
+
+def score_response(model: Any, payloads: Sequence[bytes | str | Mapping | np.ndarray],
+                   limits: Limits | None = None) -> dict[str, list[float]]:
+    """Score every sample of every payload in one call; lists in payload order.
+
+    Raises `RequestError` for the first bad payload (the CLI names its file).
+    """
+    limits = limits or Limits()
+    xs = [decode_score_request(p, model, limits) for p in payloads]
+    energy = np.concatenate(run_energy_batch(model, xs)) if xs else np.zeros(0, np.float32)
+    return score_result(model, energy)

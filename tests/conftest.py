@@ -1,0 +1,113 @@
+"""Shared fixtures: a trained tiny checkpoint, its model directory, serving helpers.
+
+`tiny_checkpoint` and `tiny_model_dir` are session-scoped: trained and exported once per run
+(tiny preset: 8×8 grey images, z_dim 16; about 20 s on 2 cores).
+"""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MNIST = Path(__file__).parent / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A `tiny`-preset checkpoint trained by `ebgen.train.train` (a few dozen steps)."""
+    from ebgen.config import preset_config
+    from ebgen.train import train
+
+    path = tmp_path_factory.mktemp("tiny-ckpt") / "tiny"
+    train(preset_config("tiny"), path, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
+    """`tiny_checkpoint` exported to a model directory (TorchServe archives when possible)."""
+    from ebgen.export import export_model
+
+    path = tmp_path_factory.mktemp("tiny-model") / "tiny"
+    export_model(tiny_checkpoint, path, progress=False)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (consecutive when possible is not needed)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_until(check, timeout: float = 60.0, every: float = 0.3):
+    """Poll `check()` until it returns a true value (returned), at most `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except AssertionError:
+            raise
+        except Exception as err:  # noqa: BLE001 - server not up yet
+            last = err
+        time.sleep(every)
+    raise TimeoutError(f"not ready after {timeout} s (last error: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def mnist_digits() -> np.ndarray:
+    """8 MNIST test digits as uint8 N×1×8×8 (resized to the tiny model's size)."""
+    from ebgen.images import fit_images, read_idx
+
+    digits = read_idx(MNIST / "t10k-images-idx3-ubyte.gz")[:8][:, None]
+    return fit_images(digits, 8, 1)
+
+
+def bad_requests(model_shape=(1, 8, 8), body_cap: int = 2**20) -> list[tuple]:
+    """(name, endpoint, body bytes, content type, expected status) for every bad input."""
+    from ebgen.serve import codecs
+
+    c, h, w = model_shape
+    png = codecs.encode_png(np.zeros((c, h, w), np.uint8))
+    return [
+        ("corrupt png", "score", png[:20] + b"garbage" * 4, "image/png", 400),
+        ("wrong size", "score", codecs.encode_png(np.zeros((c, h * 2, w * 2), np.uint8)),
+         "image/png", 422),
+        ("rgb to grey", "score", codecs.encode_png(np.zeros((3, h, w), np.uint8)),
+         "image/png", 422),
+        ("nan", "score", codecs.encode_npy(np.full((2, c, h, w), np.nan, np.float32)),
+         "application/octet-stream", 422),
+        ("out of range", "score", codecs.encode_npy(np.full((1, c, h, w), 3.0, np.float32)),
+         "application/octet-stream", 422),
+        ("too many samples", "generate", b'{"num_samples": 1000000}', "application/json", 422),
+        ("oversized body", "score", b"\x93NUMPY" + b"\0" * (body_cap + 10),
+         "application/octet-stream", 413),
+        ("malformed json", "generate", b'{"num_samples": 4,', "application/json", 400),
+        ("malformed json score", "score", b'{"instances": [', "application/json", 400),
+        ("unknown field", "generate", b'{"num_samples": 2, "temperature": 0.5}',
+         "application/json", 422),
+        ("unknown field score", "score", b'{"instances": [], "labels": [1]}',
+         "application/json", 422),
+        ("bad format", "generate", b'{"format": "gif"}', "application/json", 422),
+        ("negative seed", "generate", b'{"seed": -1}', "application/json", 422),
+    ]

@@ -1,0 +1,203 @@
+"""Codecs, validation, the inference core, the micro-batcher and the TorchServe handlers, without
+a server (handlers are called through `handle()` with a mock context, as TorchServe's are)."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ebgen.pixels import unit_to_uint8
+from ebgen.serve import codecs, service
+from ebgen.serve.batching import MicroBatcher, Overloaded
+from ebgen.serve.validation import (GenerateParams, Limits, RequestError, check_generate,
+                                    check_samples)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    from ebgen.serve import load_model
+
+    return load_model(tiny_model_dir, device="cpu")
+
+
+def test_png_jpeg_npy_base64_json_decode():
+    img = (np.arange(64, dtype=np.uint8) * 3).reshape(1, 8, 8)
+    assert codecs.sniff(codecs.encode_png(img)) == "png"
+    np.testing.assert_array_equal(codecs.decode_payload(codecs.encode_png(img)), img)
+    rgb = np.stack([img[0], img[0] // 2, 255 - img[0]])
+    np.testing.assert_array_equal(codecs.decode_payload(codecs.encode_png(rgb)), rgb)
+    buf = io.BytesIO()
+    Image.fromarray(img[0], "L").save(buf, format="JPEG", quality=95)
+    jpeg = codecs.decode_payload(buf.getvalue())
+    assert jpeg.shape == (1, 8, 8) and np.abs(jpeg.astype(int) - img).max() < 20
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(codecs.decode_payload(codecs.encode_npy(x)), x)
+    b64 = codecs.b64(codecs.encode_png(img))
+    for text in (b64, "data:image/png;base64," + b64):
+        np.testing.assert_array_equal(codecs.decode_base64_image(text), img)
+    assert codecs.decode_json_tensor(img.tolist(), "uint8").dtype == np.uint8
+    assert codecs.decode_json_tensor(x.tolist()).dtype == np.float32
+
+
+@pytest.mark.parametrize("call, status", [
+    (lambda: codecs.decode_payload(b"\x89PNG\r\n\x1a\n" + b"x" * 30), 400),
+    (lambda: codecs.decode_payload(b""), 400),
+    (lambda: codecs.decode_payload(b"GIF89a"), 400),
+    (lambda: codecs.decode_npy(b"\x93NUMPY\x01\x00garbage"), 400),
+    (lambda: codecs.decode_base64_image("not base64!"), 400),
+    (lambda: codecs.parse_json(b'{"a": NaN}'), 400),
+    (lambda: codecs.decode_json_tensor([[1, 2], [3]]), 422),
+    (lambda: codecs.decode_json_tensor([300], "uint8"), 422),
+    (lambda: check_generate({"num_samples": 10**6}, Limits()), 422),
+    (lambda: check_generate({"num_samples": 0}, Limits()), 422),
+    (lambda: check_generate({"seed": "x"}, Limits()), 422),
+    (lambda: check_generate({"grid": True, "format": "npy"}, Limits()), 422),
+    (lambda: check_generate([], Limits()), 422),
+    (lambda: check_samples(np.zeros((2, 3, 8, 8), np.uint8), (1, 8, 8)), 422),
+    (lambda: check_samples(np.zeros((1, 1, 9, 8), np.uint8), (1, 8, 8)), 422),
+    (lambda: check_samples(np.full((1, 1, 8, 8), np.inf, np.float32), (1, 8, 8)), 422),
+    (lambda: check_samples(np.zeros((1, 1, 8, 8), np.int64), (1, 8, 8)), 422),
+])
+def test_bad_inputs_raise_request_errors(call, status):
+    with pytest.raises(RequestError) as info:
+        call()
+    assert info.value.status == status
+    body = info.value.body()
+    assert b"\n" not in body and json.loads(body)["error"]
+
+
+def test_grid_and_json_encoding():
+    x = np.random.default_rng(1).uniform(-1, 1, (5, 1, 8, 8)).astype(np.float32)
+    grid = codecs.decode_payload(codecs.encode_grid(x))
+    assert grid.shape == (1, 2 + 2 * 10, 2 + 3 * 10)      # 3 per row, 2 rows, padding 2
+    np.testing.assert_array_equal(grid[:, 2:10, 2:10], unit_to_uint8(x[0]))
+    out = codecs.encode_json_images(x, grid=True)
+    assert len(out["images"]) == 5 and "grid" in out
+    np.testing.assert_array_equal(codecs.decode_base64_image(out["images"][4]), unit_to_uint8(x[4]))
+
+
+def test_service_generate_formats_match_the_runtime(model):
+    x = model.generate(4, seed=7)
+    npy = service.generate_response(model, GenerateParams(4, 7, "npy"))
+    np.testing.assert_array_equal(np.load(io.BytesIO(npy.body)), x)
+    one = service.generate_response(model, GenerateParams(1, 7, "png"))
+    np.testing.assert_array_equal(codecs.decode_payload(one.body), model.generate_uint8(1, 7)[0])
+    js = json.loads(service.generate_response(model, GenerateParams(4, 7, "json", True)).body)
+    assert js["seed"] == 7 and js["shape"] == [4, 1, 8, 8] and "grid" in js
+    np.testing.assert_array_equal(codecs.decode_base64_image(js["images"][3]), unit_to_uint8(x[3]))
+    assert service.generate_response(model, {"num_samples": 2}).headers["X-Seed"] == "0"
+
+
+def test_service_score_forms_agree(model):
+    x = model.generate(3, seed=2)
+    pixels = unit_to_uint8(x)
+    want = model.score(pixels)
+    instances = {"instances": [codecs.b64(codecs.encode_png(p)) for p in pixels[:2]]
+                 + [pixels[2].tolist()], "dtype": "uint8"}
+    for payload in ([codecs.encode_npy(pixels)], [json.dumps(instances).encode()],
+                    [codecs.encode_png(p) for p in pixels]):
+        got = service.score_response(model, payload)
+        np.testing.assert_allclose(got["energy"], want["energy"], rtol=1e-6)
+        np.testing.assert_allclose(got["percentile"], want["percentile"], rtol=1e-6)
+        np.testing.assert_allclose(got["log_density"], -np.asarray(got["energy"]))
+
+
+def test_batches_keep_one_answer_per_request(model):
+    reqs = [GenerateParams(2, 1, "npy"), RequestError(422, "bad"), GenerateParams(3, 2, "npy")]
+    replies = service.generate_batch(model, reqs)
+    assert [r.status for r in replies] == [200, 422, 200]
+    np.testing.assert_array_equal(np.load(io.BytesIO(replies[2].body)), model.generate(3, 2))
+    xs = [model.generate(2, 5), RequestError(400, "corrupt"), model.generate(1, 6)]
+    replies = service.score_batch(model, xs)
+    assert [r.status for r in replies] == [200, 400, 200]
+    np.testing.assert_allclose(json.loads(replies[2].body)["energy"],
+                               model.energy(model.generate(1, 6)), rtol=1e-6)
+
+
+def test_micro_batcher_batches_and_refuses_when_full():
+    seen: list[int] = []
+    gate = threading.Event()
+
+    def run(items):
+        gate.wait(5)
+        seen.append(len(items))
+        return [RequestError(422, "odd") if i % 2 else i * 10 for i in items]
+
+    async def main():
+        b = MicroBatcher(run, max_batch_size=4, max_delay_ms=50, max_queue=4)
+        await b.start()
+        tasks = [asyncio.create_task(b.submit(i)) for i in range(4)]
+        await asyncio.sleep(0.2)          # first batch of 4 taken, stuck on the gate
+        more = [asyncio.create_task(b.submit(i)) for i in range(4, 8)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded) as full:   # 4 waiting: the queue (4) is full
+            await b.submit(99)
+        gate.set()
+        results = await asyncio.gather(*tasks, *more, return_exceptions=True)
+        await b.stop()
+        return full.value, results
+
+    full, results = asyncio.run(main())
+    assert full.status == 503 and full.retry_after >= 1
+    assert service.Reply.error(full).headers == {"Retry-After": str(full.retry_after)}
+    assert seen == [4, 4]
+    assert [r if not isinstance(r, RequestError) else r.status for r in results] == \
+        [0, 422, 20, 422, 40, 422, 60, 422]
+
+
+class MockContext:
+    """What TorchServe hands a handler: properties, manifest, per-request response fields."""
+
+    def __init__(self, model_dir, n: int = 0):
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+        self.manifest = {"model": {"modelName": "test"}}
+        self.metrics = type("M", (), {"add_time": lambda *a, **k: None})()
+        self.status, self.types, self.headers = {}, {}, {}
+        self.request_processor = [None] * n
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.status[idx] = code
+
+    def set_response_content_type(self, idx, value):
+        self.types[idx] = value
+
+    def set_response_header(self, idx, key, value):
+        self.headers.setdefault(idx, {})[key] = value
+
+    def get_request_header(self, idx, key):
+        return None
+
+
+def test_handlers_answer_each_request_of_a_batch(tiny_model_dir, model):
+    pytest.importorskip("ts")
+    from ebgen.serve.ts_generate import EbgenGenerate
+    from ebgen.serve.ts_score import EbgenScore
+
+    gen = EbgenGenerate()
+    gen.initialize(MockContext(tiny_model_dir))
+    rows = [{"body": bytearray(b'{"num_samples": 2, "seed": 3, "format": "npy"}')},
+            {"body": {"num_samples": 10**6}},           # TorchServe-parsed JSON
+            {"body": None},                              # no body: defaults
+            {}]                                          # a form post: no body at all
+    ctx = MockContext(tiny_model_dir, len(rows))
+    out = gen.handle(rows, ctx)
+    assert len(out) == 4 and ctx.status == {1: 422, 3: 400}
+    np.testing.assert_array_equal(np.load(io.BytesIO(out[0])), model.generate(2, 3))
+    assert ctx.types[0] == service.NPY_TYPE and ctx.headers[0]["X-Seed"] == "3"
+    assert "exceeds" in json.loads(out[1])["error"] and ctx.types[2] == "image/png"
+
+    score = EbgenScore()
+    score.initialize(MockContext(tiny_model_dir))
+    x = model.generate(2, 4)
+    rows = [{"body": codecs.encode_npy(x)}, {"data": b"\x89PNG\r\n\x1a\n broken"},
+            {"body": json.dumps({"instances": [x[0].tolist()]}).encode()}]
+    ctx = MockContext(tiny_model_dir, len(rows))
+    out = score.handle(rows, ctx)
+    assert len(out) == 3 and ctx.status == {1: 400}
+    np.testing.assert_allclose(json.loads(out[0])["energy"], model.energy(x), rtol=1e-6)
+    np.testing.assert_allclose(json.loads(out[2])["energy"], model.energy(x[:1]), rtol=1e-6)

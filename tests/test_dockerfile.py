@@ -1,0 +1,156 @@
+"""The Dockerfile, replayed without Docker: its COPY, `RUN pip install` and CMD steps in a fresh
+venv (no system site-packages), then its HEALTHCHECK and real requests against the server.
+
+System steps (apt-get, useradd) are not replayed: the test needs Java 17 already, like the image.
+The torch index is overridden to PyPI (`TORCH_INDEX`), the only index reachable here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+pytestmark = [pytest.mark.slow, pytest.mark.torchserve,
+              pytest.mark.skipif(not DOCKERFILE.is_file() or os.environ.get("EBGEN_TEST_INSTALLED")
+                                 == "1", reason="needs the source checkout"),
+              pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17")]
+OVERRIDES = {"TORCH_INDEX": "https://pypi.org/simple"}
+
+
+def parse(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per Dockerfile instruction, continuations joined."""
+    steps, current = [], ""
+    for line in path.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            word, _, rest = current.strip().partition(" ")
+            steps.append((word.upper(), rest.strip()))
+            current = ""
+    return steps
+
+
+def test_dockerfile_shape():
+    steps = parse(DOCKERFILE)
+    kinds = [k for k, _ in steps]
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    assert any("openjdk-17-jre-headless" in a for k, a in steps if k == "RUN")
+    assert any('.[cpu,serve,torchserve]' in a for k, a in steps if k == "RUN")
+    assert any("torch==2.13.0" in a and "$TORCH_INDEX" in a for k, a in steps if k == "RUN")
+    cmd = json.loads(dict(steps)["CMD"])
+    assert cmd[:4] == ["ebgen", "serve", "/models/model", "--engine"] and "torchserve" in cmd
+    assert "HEALTHCHECK" in kinds and "USER" in kinds
+
+
+def three_free_ports() -> int:
+    """A port P with P, P+1, P+2 free on 127.0.0.1 (TorchServe: inference, management, metrics)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port > 65000:
+            continue
+        try:
+            socks = []
+            for p in (port, port + 1, port + 2):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no three consecutive free ports")
+
+
+def test_replay_install_and_start(tiny_model_dir, tmp_path):
+    httpx = pytest.importorskip("httpx")
+    steps = parse(DOCKERFILE)
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in steps if k == "ARG" and "=" in a}
+    args.update(OVERRIDES)
+    context, models, workdir = tmp_path / "opt-ebgen", tmp_path / "models", tmp_path / "srv"
+    context.mkdir()
+    workdir.mkdir()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    bin_dir = venv / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PIP_NO_CACHE_DIR="1",
+               **{k: v for k, v in args.items()})
+    replacements = {"/models/model": str(models / "model"), "/srv/torchserve": str(workdir)}
+    for kind, arg in steps:
+        if kind == "COPY":
+            *sources, dst = shlex.split(arg)
+            if any("MODEL_DIR" in src for src in sources):
+                shutil.copytree(tiny_model_dir, replacements[dst])
+                continue
+            target = context / dst
+            for src in sources:
+                if (ROOT / src).is_dir():
+                    shutil.copytree(ROOT / src, target if len(sources) == 1 else target / src,
+                                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / src, target)
+        elif kind == "RUN" and arg.startswith("pip install"):
+            done = subprocess.run(arg, shell=True, cwd=context, env=env, timeout=600,
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    import_check = subprocess.run([str(bin_dir / "python"), "-c", "import ebgen, torch, ts, "
+                                   "fastapi; print(ebgen.__file__, torch.__version__)"],
+                                  env=env, cwd=workdir, capture_output=True, text=True,
+                                  timeout=120)
+    assert "site-packages" in import_check.stdout and "2.13.0" in import_check.stdout
+
+    port = three_free_ports()
+    replacements.update({"0.0.0.0": "127.0.0.1", "8080": str(port)})
+    cmd = [replacements.get(word, word) for word in json.loads(dict(steps)["CMD"])]
+    check = json.loads(re.sub(r"^.*?CMD\s+", "", dict(steps)["HEALTHCHECK"]))
+    check = [re.sub(r"'/srv/torchserve', 8080", f"'{workdir}', {port}", w) for w in check]
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            return subprocess.run(check, env=env, cwd=workdir, timeout=30).returncode == 0
+
+        wait_until(healthy, timeout=180, every=2.0)
+        token = json.loads((workdir / "key_file.json").read_text())["inference"]["key"]
+        auth = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{port}/predictions"
+        r = httpx.post(f"{base}/generate", json={"num_samples": 4, "seed": 1, "format": "json"},
+                       headers=auth, timeout=60)
+        assert r.status_code == 200 and len(r.json()["images"]) == 4
+        r = httpx.post(f"{base}/score", json={"instances": r.json()["images"]}, headers=auth,
+                       timeout=60)
+        assert r.status_code == 200 and len(r.json()["energy"]) == 4
+        assert httpx.post(f"{base}/score", content=b"{", headers={
+            **auth, "Content-Type": "application/json"}, timeout=60).status_code == 400
+        assert "ready" in (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)   # Ctrl-C: ebgen serve stops TorchServe itself
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]

@@ -1,0 +1,161 @@
+"""The built-in HTTP service end to end: a real `ebgen serve` (2 uvicorn workers) on a free
+127.0.0.1 port, answers compared with `ebgen.load_model` in process."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import bad_requests, free_port, wait_until
+from ebgen.pixels import unit_to_uint8
+from ebgen.serve import codecs, load_model
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+BODY_CAP = 2**20
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """`ebgen serve MODEL --workers 2` on a free port; stopped with SIGINT (Ctrl-C)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("http") / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ebgen.cli.main", "serve", str(tiny_model_dir), "--port",
+         str(port), "--workers", "2", "--max-body-mb", str(BODY_CAP / 2**20), "--device", "cpu"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: proc.poll() is None and
+                   httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200, 90)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            yield client
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        log.close()
+    assert proc.returncode is not None
+
+
+def test_health_and_metadata(server, model):
+    assert server.get("/v2/health/live").json() == {"live": True}
+    assert server.get("/v2/health/ready").json() == {"ready": True}
+    meta = server.get("/v2/models/generator").json()
+    assert meta["inputs"][0] == {"name": "z", "datatype": "FP32", "shape": [-1, model.z_dim]}
+    assert meta["outputs"][0]["shape"] == [-1, 1, 8, 8]
+    names = [o["name"] for o in server.get("/v2/models/energy").json()["outputs"]]
+    assert names == ["energy", "log_density", "percentile"]
+    assert server.get("/v2/models/energy/ready").json()["ready"] is True
+
+
+def test_generate_png_grid_npy_json_match_in_process(server, model):
+    one = server.post("/generate", json={"num_samples": 1, "seed": 11})
+    assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(codecs.decode_payload(one.content),
+                                  model.generate_uint8(1, 11)[0])
+    grid = server.post("/generate", json={"num_samples": 16, "seed": 5, "grid": True})
+    np.testing.assert_array_equal(codecs.decode_payload(grid.content),
+                                  codecs.make_grid(model.generate_uint8(16, 5)))
+    npy = server.post("/generate", json={"num_samples": 16, "seed": 5, "format": "npy"})
+    assert npy.headers["x-seed"] == "5"
+    np.testing.assert_array_equal(np.load(io.BytesIO(npy.content)), model.generate(16, 5))
+    js = server.post("/generate", json={"num_samples": 3, "seed": 5, "format": "json"}).json()
+    assert js["seed"] == 5 and js["shape"] == [3, 1, 8, 8] and "grid" not in js
+    for image, want in zip(js["images"], model.generate_uint8(3, 5)):
+        np.testing.assert_array_equal(codecs.decode_base64_image(image), want)
+
+
+def test_score_png_npy_batch_and_mnist(server, model, mnist_digits):
+    x = model.generate(4, seed=9)
+    png = codecs.encode_png(unit_to_uint8(x[0]))
+    got = server.post("/score", content=png, headers={"Content-Type": "image/png"}).json()
+    want = model.score(unit_to_uint8(x[:1]))
+    np.testing.assert_allclose(got["energy"], want["energy"], rtol=1e-6)
+    np.testing.assert_allclose(got["percentile"], want["percentile"], rtol=1e-6)
+    got = server.post("/score", content=codecs.encode_npy(x)).json()
+    np.testing.assert_allclose(got["energy"], model.energy(x), rtol=1e-6)
+    np.testing.assert_allclose(got["log_density"], -model.energy(x), rtol=1e-6)
+    digits = server.post("/score", json={"instances": [codecs.b64(codecs.encode_png(d))
+                                                       for d in mnist_digits]}).json()
+    want = model.score(mnist_digits)
+    np.testing.assert_allclose(digits["energy"], want["energy"], rtol=1e-6)
+    assert all(0 <= p <= 100 for p in digits["percentile"])
+
+
+def test_v2_infer_generator_and_energy(server, model):
+    r = server.post("/v2/models/generator/infer",
+                    json={"id": "a", "parameters": {"num_samples": 2, "seed": 3}}).json()
+    out = r["outputs"][0]
+    assert r["id"] == "a" and out["name"] == "x" and out["shape"] == [2, 1, 8, 8]
+    np.testing.assert_allclose(np.asarray(out["data"]).reshape(out["shape"]),
+                               model.generate(2, 3), atol=1e-6)
+    z = model.latents(2, 3)
+    r = server.post("/v2/models/generator/infer", json={"inputs": [
+        {"name": "z", "shape": [2, model.z_dim], "datatype": "FP32", "data": z.ravel().tolist()}]})
+    np.testing.assert_allclose(np.asarray(r.json()["outputs"][0]["data"]).reshape(2, 1, 8, 8),
+                               model.generate(2, 3), atol=1e-6)
+    pixels = model.generate_uint8(3, 4)
+    r = server.post("/v2/models/energy/infer", json={
+        "inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "UINT8",
+                    "data": pixels.ravel().tolist()}], "outputs": [{"name": "percentile"}]})
+    (out,) = r.json()["outputs"]
+    np.testing.assert_allclose(out["data"], model.score(pixels)["percentile"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, endpoint, body, ctype, status",
+                         bad_requests(body_cap=BODY_CAP), ids=lambda v: v if isinstance(v, str)
+                         and " " in v else None)
+def test_bad_input_gets_4xx_one_line_json_and_server_keeps_answering(
+        server, name, endpoint, body, ctype, status):
+    r = server.post(f"/{endpoint}", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert "\n" not in r.text.strip() and r.json()["error"]
+    assert server.post("/generate", json={"num_samples": 1, "seed": 0}).status_code == 200
+
+
+@pytest.mark.parametrize("path, body, status", [
+    ("/v2/models/energy/infer", {"inputs": [{"name": "x", "shape": [1, 3, 8, 8],
+                                             "datatype": "FP32", "data": [0.0] * 192}]}, 422),
+    ("/v2/models/generator/infer", {"parameters": {"num_samples": 10**6}}, 422),
+    ("/v2/models/generator/infer", {"inputs": [], "extra": 1}, 422),
+    ("/v2/models/nope/infer", {}, 404),
+])
+def test_bad_v2_requests(server, path, body, status):
+    r = server.post(path, json=body)
+    assert r.status_code == status and r.json()["error"]
+
+
+def test_concurrent_requests_agree_and_metrics_count_them(server, model):
+    seeds = list(range(12))
+
+    def call(seed):
+        return server.post("/generate", json={"num_samples": 2, "seed": seed, "format": "npy"})
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(call, seeds))
+    for seed, r in zip(seeds, replies):
+        assert r.status_code == 200
+        np.testing.assert_allclose(np.load(io.BytesIO(r.content)), model.generate(2, seed),
+                                   atol=1e-6)
+    text = server.get("/metrics").text
+    assert 'ebgen_requests_total{endpoint="/generate",status="200"}' in text
+    assert "ebgen_batch_size_bucket" in text and "ebgen_request_seconds" in text
+    assert server.get("/nowhere").json() == {"error": "no such endpoint GET /nowhere"}
+    empty = server.post("/generate", content=b"")             # empty body: the defaults
+    assert empty.status_code == 200 and empty.headers["content-type"] == "image/png"

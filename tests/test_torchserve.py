@@ -1,0 +1,143 @@
+"""A real TorchServe (Java 17) with the generate/score archives on free 127.0.0.1 ports, token
+auth on; answers compared with `ebgen.load_model` in process."""
+from __future__ import annotations
+
+import io
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from conftest import bad_requests, free_ports
+from ebgen.pixels import unit_to_uint8
+from ebgen.serve import codecs, load_model
+from ebgen.serve.validation import Limits
+
+pytestmark = [pytest.mark.torchserve,
+              pytest.mark.skipif(shutil.which("java") is None, reason="needs Java 17")]
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("ts")
+BODY_CAP = 2**20
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return load_model(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ts(tiny_model_dir, tmp_path_factory):
+    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+
+    port, mgmt, metrics = free_ports(3)
+    cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
+                           metrics_port=metrics, max_batch_size=4, max_delay_ms=20,
+                           workdir=str(tmp_path_factory.mktemp("ts")),
+                           limits=Limits(max_body_bytes=BODY_CAP))
+    with TorchServe(cfg) as server:
+        server.wait_ready(150)
+        yield server
+    assert server.process is None
+
+
+@pytest.fixture(scope="module")
+def client(ts):
+    with httpx.Client(headers=ts.auth_headers(), timeout=60) as c:
+        yield c
+
+
+def test_safe_config_and_token_auth(ts, client):
+    props = dict(line.split("=", 1) for line in
+                 (ts.workdir / "config.properties").read_text().splitlines())
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["enable_model_api"] == "false" and props["allowed_urls"] == "file://.*"
+    assert props["disable_token_authorization"] == "false"
+    assert props["metrics_mode"] == "prometheus"
+    assert ts.token() and ts.key_file.is_file()
+    assert httpx.post(ts.url("generate"), json={"seed": 0}).status_code in (400, 401, 403)
+    assert client.get(ts.url(api="ping")).json()["status"] == "Healthy"
+    mgmt = f"http://127.0.0.1:{ts.cfg.management_port}/models?url=generate.mar&model_name=x"
+    refused = httpx.post(mgmt, headers={"Authorization": f"Bearer {ts.token('management')}"})
+    assert 400 <= refused.status_code < 500          # model API off: no registering
+    from ebgen.serve.torchserve import healthcheck
+
+    assert healthcheck(ts.workdir, ts.cfg.port) == 0
+    assert healthcheck(ts.workdir / "elsewhere", ts.cfg.port) == 1   # no token: refused
+
+
+def test_no_auth_config_and_command(tiny_model_dir, tmp_path):
+    from ebgen.serve.torchserve import TorchServeConfig, command, prepare_store, write_config
+
+    cfg = TorchServeConfig(str(tiny_model_dir), host="0.0.0.0", auth=False, max_batch_size=3)
+    store = prepare_store(tiny_model_dir, tmp_path)
+    config = write_config(cfg, store, tmp_path)
+    props = dict(line.split("=", 1) for line in config.read_text().splitlines())
+    assert props["disable_token_authorization"] == "true"
+    assert props["management_address"].startswith("http://127.0.0.1:")  # never exposed
+    assert '"batchSize":3' in props["models"]
+    cmd = command(cfg, config, store)
+    assert cmd[-1] == "--disable-token-auth" and "generate=generate.mar" in cmd
+    assert "--disable-token-auth" not in command(TorchServeConfig("m"), config, store)
+
+
+def test_generate_png_grid_npy_json_match_in_process(ts, client, model):
+    one = client.post(ts.url("generate"), json={"num_samples": 1, "seed": 11})
+    assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(codecs.decode_payload(one.content),
+                                  model.generate_uint8(1, 11)[0])
+    grid = client.post(ts.url("generate"), json={"num_samples": 16, "seed": 5, "grid": True})
+    np.testing.assert_array_equal(codecs.decode_payload(grid.content),
+                                  codecs.make_grid(model.generate_uint8(16, 5)))
+    npy = client.post(ts.url("generate"), json={"num_samples": 16, "seed": 5, "format": "npy"})
+    assert npy.headers["x-seed"] == "5"
+    np.testing.assert_array_equal(np.load(io.BytesIO(npy.content)), model.generate(16, 5))
+    js = client.post(ts.url("generate"),
+                     json={"num_samples": 3, "seed": 5, "format": "json", "grid": True}).json()
+    assert js["seed"] == 5 and "grid" in js
+    for image, want in zip(js["images"], model.generate_uint8(3, 5)):
+        np.testing.assert_array_equal(codecs.decode_base64_image(image), want)
+
+
+def test_score_png_npy_batch_and_mnist(ts, client, model, mnist_digits):
+    x = model.generate(4, seed=9)
+    png = codecs.encode_png(unit_to_uint8(x[0]))
+    got = client.post(ts.url("score"), content=png, headers={"Content-Type": "image/png"}).json()
+    np.testing.assert_allclose(got["energy"], model.energy(unit_to_uint8(x[:1])), rtol=1e-6)
+    got = client.post(ts.url("score"), content=codecs.encode_npy(x),
+                      headers={"Content-Type": "application/octet-stream"}).json()
+    np.testing.assert_allclose(got["energy"], model.energy(x), rtol=1e-6)
+    np.testing.assert_allclose(got["percentile"], model.score(x)["percentile"], rtol=1e-6)
+    got = client.post(ts.url("score"), content=codecs.encode_npy(mnist_digits),
+                      headers={"Content-Type": "application/octet-stream"}).json()
+    np.testing.assert_allclose(got["energy"], model.energy(mnist_digits), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, endpoint, body, ctype, status",
+                         bad_requests(body_cap=BODY_CAP), ids=lambda v: v if isinstance(v, str)
+                         and " " in v else None)
+def test_bad_input_gets_4xx_one_line_json_and_server_keeps_answering(
+        ts, client, name, endpoint, body, ctype, status):
+    r = client.post(ts.url(endpoint), content=body, headers={"Content-Type": ctype})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert "\n" not in r.text.strip() and r.json()["error"]
+    assert client.post(ts.url("generate"), json={"num_samples": 1}).status_code == 200
+
+
+def test_concurrent_requests_batch_with_one_answer_each(ts, client, model):
+    bodies = [{"num_samples": 2, "seed": s, "format": "npy"} for s in range(6)] + \
+             [{"num_samples": 2, "seed": 1, "bogus": 1}]
+
+    def call(body):
+        return client.post(ts.url("generate"), json=body)
+
+    with ThreadPoolExecutor(7) as pool:
+        replies = list(pool.map(call, bodies))
+    assert [r.status_code for r in replies] == [200] * 6 + [422]
+    for seed, r in enumerate(replies[:6]):
+        np.testing.assert_allclose(np.load(io.BytesIO(r.content)), model.generate(2, seed),
+                                   atol=1e-6)
+    metrics = httpx.get(f"http://127.0.0.1:{ts.cfg.metrics_port}/metrics").text
+    assert "ts_inference_requests_total" in metrics
