@@ -33,7 +33,19 @@ from .options import device_option, seed_option
 @click.option("--lr-energy", type=float, default=None, help="Energy learning rate. (default: from preset)")
 @click.option("--lr-generator", type=float, default=None,
               help="Generator learning rate. (default: from preset)")
+@click.option("--recipe", type=click.Choice(["default", "paper"]), default=None,
+              help="default (ebgen's measured recipe) or paper (Kim & Bengio as published: "
+                   "batch-norm entropy, no regularisers, constant rates). (default: default)")
+@click.option("--entropy", type=click.Choice(["bn", "mi", "knn"]), default=None,
+              help="Entropy estimate: bn (batch-norm scales), mi (mutual information, Kumar et "
+                   "al. 2019) or knn (nearest neighbours, low-D only). (default: from preset)")
 @click.option("--entropy-weight", type=float, default=None, help="Weight of H(G). (default: 1.0)")
+@click.option("--gradient-penalty", type=float, default=None,
+              help="R1 weight: ½‖∇E‖² at data points. (default: from preset)")
+@click.option("--energy-magnitude", type=float, default=None,
+              help="Weight of mean(E_data² + E_samples²). (default: 0)")
+@click.option("--lr-decay/--no-lr-decay", default=None,
+              help="Decay learning rates linearly to 0. (default: from preset)")
 @click.option("--noise-std", type=float, default=None,
               help="Noise on generator hidden pre-activations. (default: 0.01)")
 @seed_option(default=None)

@@ -16,6 +16,7 @@ from .errors import EbgenError
 IMAGE_SIZES = (8, 16, 28, 32, 64)
 OBJECTIVES = ("ddgm", "gan")
 OPTIMIZERS = ("adam", "adagrad")
+ENTROPY_ESTIMATES = ("bn", "mi", "knn")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainConfig:
     """How the two networks are trained."""
 
     objective: str = "ddgm"       # "ddgm" (Kim & Bengio) or "gan" (non-saturating GAN, same nets)
+    recipe: str = "default"       # "default" (ebgen's stabilised recipe) or "paper" (as published)
     steps: int = 5000
     batch_size: int = 256
     optimizer: str = "adam"       # "adam" or "adagrad" (the authors' choice)
@@ -79,6 +81,12 @@ class TrainConfig:
     beta1: float = 0.5            # Adam betas
     beta2: float = 0.9
     entropy_weight: float = 1.0   # weight of H(G) in the generator loss
+    entropy: str = "bn"           # entropy estimate: "bn" (batch-norm scales), "mi" (mutual
+    #                               information, Kumar et al.) or "knn" (nearest neighbours)
+    entropy_neighbours: int = 3   # k of the "knn" estimate
+    lr_decay: bool = False        # decay both learning rates linearly to 0 over `steps`
+    gradient_penalty: float = 0.0 # R1: weight of ½‖∇ₓE‖² at data points (0 = off)
+    energy_magnitude: float = 0.0 # weight of mean(E_data² + E_samples²) (0 = off)
     seed: int = 0
     device: str = "auto"          # "auto", "cpu", "cuda", "cuda:N"
     amp: bool = True              # bf16 autocast when on CUDA
@@ -92,6 +100,8 @@ class TrainConfig:
             raise EbgenError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.optimizer not in OPTIMIZERS:
             raise EbgenError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.entropy not in ENTROPY_ESTIMATES:
+            raise EbgenError(f"entropy must be one of {ENTROPY_ESTIMATES}, got {self.entropy!r}")
         if self.steps < 0 or self.batch_size < 2:
             raise EbgenError("steps must be >= 0 and batch size >= 2 (batch norm needs 2)")
 
@@ -138,8 +148,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         dict(kind="points", z_dim=16, num_experts=128, energy_width=128, generator_width=128,
              depth=3),
         dict(dataset="8gaussians"),
-        dict(steps=5000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3,
-             sample_every=1000, checkpoint_every=1000, num_eval_samples=1000)),
+        # Measured in benchmarks/ablation_2d.py (README): the mutual-information entropy, a
+        # small R1 penalty and a linear learning-rate decay give full mode coverage.
+        dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
+             gradient_penalty=0.01, lr_decay=True, sample_every=5000, checkpoint_every=2000,
+             num_eval_samples=1000)),
     "mnist": _preset(
         dict(kind="image", image_size=28, channels=1, z_dim=100, num_experts=1024,
              energy_width=64, generator_width=64),
@@ -161,14 +174,27 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
-def preset_config(name: str, **overrides: Any) -> Config:
-    """The config of preset `name`, with field overrides (None values are ignored).
+#: Training recipes: field values applied on top of a preset (before explicit overrides).
+#: "paper" is Kim & Bengio as published: batch-norm entropy, no regularisers, constant rates.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": dict(entropy="bn", gradient_penalty=0.0, energy_magnitude=0.0, lr_decay=False,
+                  entropy_weight=1.0),
+}
+
+
+def preset_config(name: str, recipe: str | None = None, **overrides: Any) -> Config:
+    """The config of preset `name` and `recipe`, with field overrides (None values ignored).
 
     Override keys are field names of any section (`z_dim`, `steps`, `path`, ...).
     """
     if name not in PRESETS:
         raise EbgenError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    recipe = recipe or "default"
+    if recipe not in RECIPES:
+        raise EbgenError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
     sections = {k: dict(v) for k, v in PRESETS[name].items()}
+    sections["train"].update(RECIPES[recipe], recipe=recipe)
     owners = {f.name: sec for sec, kind in (("model", ModelConfig), ("data", DataConfig),
                                             ("train", TrainConfig))
               for f in dataclasses.fields(kind)}

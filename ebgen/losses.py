@@ -31,6 +31,28 @@ def batchnorm_entropy(generator: Generator) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
+def knn_entropy(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Kozachenko–Leonenko nearest-neighbour estimate of H from a batch of samples (nats).
+
+    H ≈ ψ(n) − ψ(k) + log V_d + (d/n) Σᵢ log ρᵢ, with ρᵢ the distance from sample i to its k-th
+    nearest neighbour in the batch and V_d the volume of the unit d-ball. Differentiable in x:
+    its gradient pushes each sample away from its neighbours, at the scale of the samples'
+    spread, so the generator's spread settles where the energy's pull balances it. Suited to
+    low-dimensional outputs (2-D points); in pixel space prefer `bn` or `mi`.
+    """
+    flat = x.flatten(1).float()
+    n, d = flat.shape
+    if not 1 <= k < n:
+        raise ValueError(f"need 1 <= k < batch size, got k={k}, batch {n}")
+    sq = flat.pow(2).sum(1)
+    dist2 = (sq[:, None] + sq[None, :] - 2 * flat @ flat.T).clamp_min(1e-24)
+    dist2 = dist2 + torch.eye(n, device=x.device) * dist2.max().detach() * 4  # not yourself
+    kth = dist2.topk(k, dim=1, largest=False).values[:, -1]
+    harmonic = lambda m: sum(1.0 / i for i in range(1, m))  # ψ(m) + γ
+    log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
+    return harmonic(n) - harmonic(k) + log_unit_ball + 0.5 * d * torch.log(kth).mean()
+
+
 def energy_loss(energy_data: torch.Tensor, energy_samples: torch.Tensor) -> torch.Tensor:
     """DDGM energy loss: push data energy down and sample energy up."""
     return energy_data.mean() - energy_samples.mean()
@@ -51,3 +73,14 @@ def gan_discriminator_loss(energy_data: torch.Tensor, energy_samples: torch.Tens
 def gan_generator_loss(energy_samples: torch.Tensor) -> torch.Tensor:
     """Non-saturating GAN generator loss: −log σ(−E(G(z)))."""
     return F.softplus(energy_samples).mean()
+
+
+def gradient_penalty(energy_data: torch.Tensor, inputs: torch.Tensor, num_data: int
+                     ) -> torch.Tensor:
+    """R1, zero-centred: ½ mean ‖∇ₓ E(x)‖² over the first `num_data` rows of `inputs` (the data).
+
+    `inputs` must require grad and `energy_data` must be E of those rows; the penalty is
+    differentiable (double backward), so it shapes the energy around the data.
+    """
+    (grad,) = torch.autograd.grad(energy_data.sum(), inputs, create_graph=True)
+    return 0.5 * grad[:num_data].flatten(1).pow(2).sum(1).mean()

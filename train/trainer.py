@@ -24,8 +24,10 @@ from ebgen.data import load_data
 from ebgen.errors import EbgenError
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
-                          gan_generator_loss, generator_loss)
+                          gan_generator_loss, generator_loss, gradient_penalty,
+                          knn_entropy)
 from ebgen.models import build_models
+from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
 
 from .distributed import barrier, setup_runtime, teardown_runtime
@@ -57,15 +59,25 @@ class Trainer:
         energy.to(self.device).train()
         generator.to(self.device).train()
         self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
+        self.statistics: torch.nn.Module | None = None
+        if config.train.entropy == "mi":
+            self.statistics = StatisticsNetwork(config.model).to(self.device).train()
+            self.statistics_opt = _adam_like(config, self.statistics.parameters(),
+                                             config.train.lr_energy)
         if resume:
             state = load_trainer_state(self.out_dir)
             self.energy_opt.load_state_dict(state["energy_optimizer"])
             self.generator_opt.load_state_dict(state["generator_optimizer"])
+            if self.statistics is not None:
+                self.statistics.load_state_dict(state["statistics_network"])
+                self.statistics_opt.load_state_dict(state["statistics_optimizer"])
             self.step = int(state["step"])
         if self.runtime.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             energy = DistributedDataParallel(energy, device_ids=ids)
             generator = DistributedDataParallel(generator, device_ids=ids)
+            if self.statistics is not None:
+                self.statistics = DistributedDataParallel(self.statistics, device_ids=ids)
         self.energy, self.generator = energy, generator
         self.fixed_z = torch.from_numpy(sample_latents(
             config.train.num_eval_samples, config.model.z_dim,
@@ -93,27 +105,44 @@ class Trainer:
         """One generator step, then one energy step. Returns detached scalar tensors."""
         cfg = self.config.train
         x, z = self._draw()
+        if cfg.lr_decay:
+            self._set_learning_rates(max(0.0, 1.0 - self.step / max(1, cfg.steps)))
         no_sync = self.energy.no_sync if self.runtime.distributed else contextlib.nullcontext
         # Generator step: gradients reach the energy too, but are discarded (and not all-reduced).
         with self._autocast(), no_sync():
             x_fake = self.generator(z)
             energy_fake = self.energy(x_fake)
-            entropy = batchnorm_entropy(unwrap(self.generator))
+            if self.statistics is not None:  # T and G both raise the MI estimate
+                entropy = jsd_mutual_information(self.statistics, x_fake, z)
+            elif cfg.entropy == "knn":
+                entropy = knn_entropy(x_fake, cfg.entropy_neighbours)
+            else:
+                entropy = batchnorm_entropy(unwrap(self.generator))
             if cfg.objective == "ddgm":
                 loss_g = generator_loss(energy_fake, entropy, cfg.entropy_weight)
             else:
                 loss_g = gan_generator_loss(energy_fake)
         self.generator_opt.zero_grad(set_to_none=True)
+        if self.statistics is not None:
+            self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
+        if self.statistics is not None and cfg.objective == "ddgm":
+            self.statistics_opt.step()
         # Energy step on data and the (pre-update) samples, in one forward pass.
         with self._autocast():
-            energies = self.energy(torch.cat([x, x_fake.detach()]))
+            both = torch.cat([x, x_fake.detach()]).requires_grad_(cfg.gradient_penalty > 0)
+            energies = self.energy(both)
             energy_data, energy_samples = energies[:len(x)], energies[len(x):]
             if cfg.objective == "ddgm":
                 loss_e = energy_loss(energy_data, energy_samples)
             else:
                 loss_e = gan_discriminator_loss(energy_data, energy_samples)
+            if cfg.gradient_penalty > 0:
+                loss_e = loss_e + cfg.gradient_penalty * gradient_penalty(energy_data, both, len(x))
+            if cfg.energy_magnitude > 0:
+                loss_e = loss_e + cfg.energy_magnitude * (energy_data.pow(2).mean()
+                                                          + energy_samples.pow(2).mean())
         self.energy_opt.zero_grad(set_to_none=True)
         loss_e.backward()
         self.energy_opt.step()
@@ -159,11 +188,23 @@ class Trainer:
         teardown_runtime(self.runtime)
         return last
 
+    def _set_learning_rates(self, factor: float) -> None:
+        cfg = self.config.train
+        pairs = [(self.energy_opt, cfg.lr_energy), (self.generator_opt, cfg.lr_generator)]
+        if self.statistics is not None:
+            pairs.append((self.statistics_opt, cfg.lr_energy))
+        for optimizer, base in pairs:
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+
     def save(self) -> None:
         """Write the checkpoint (rank 0), then wait for every process."""
         if self.runtime.is_main:
             state = {"energy_optimizer": self.energy_opt.state_dict(),
                      "generator_optimizer": self.generator_opt.state_dict()}
+            if self.statistics is not None:
+                state["statistics_network"] = unwrap(self.statistics).state_dict()
+                state["statistics_optimizer"] = self.statistics_opt.state_dict()
             save_checkpoint(self.out_dir, self.config, self.energy, self.generator, self.step,
                             state)
         barrier(self.runtime)
@@ -201,17 +242,21 @@ def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu")
     return fn
 
 
+def _adam_like(config: Config, params, lr: float, weight_decay: float = 0.0
+               ) -> torch.optim.Optimizer:
+    """The configured optimiser (Adam with the configured betas, or Adagrad) over `params`."""
+    cfg = config.train
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2),
+                                weight_decay=weight_decay)
+    return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+
+
 def _optimizers(config: Config, energy: torch.nn.Module, generator: torch.nn.Module
                 ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     cfg = config.train
-    if cfg.optimizer == "adam":
-        betas = (cfg.beta1, cfg.beta2)
-        return (torch.optim.Adam(energy.parameters(), lr=cfg.lr_energy, betas=betas,
-                                 weight_decay=cfg.weight_decay),
-                torch.optim.Adam(generator.parameters(), lr=cfg.lr_generator, betas=betas))
-    return (torch.optim.Adagrad(energy.parameters(), lr=cfg.lr_energy,
-                                weight_decay=cfg.weight_decay),
-            torch.optim.Adagrad(generator.parameters(), lr=cfg.lr_generator))
+    return (_adam_like(config, energy.parameters(), cfg.lr_energy, cfg.weight_decay),
+            _adam_like(config, generator.parameters(), cfg.lr_generator))
 
 
 def _check_fresh_out_dir(out_dir: Path) -> None:
