@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from . import __version__
 from .config import Config
 from .errors import CheckpointError
+from .model_format import read_format_json
 from .models import EnergyModel, Generator, build_models
 from .names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE
 
@@ -99,16 +100,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{directory} is not an ebgen checkpoint: no {CONFIG_FILE}")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {meta.get('format_version')!r}; this "
-                              f"ebgen reads version {FORMAT_VERSION}")
-    return meta
+    return read_format_json(path, FORMAT_NAME, FORMAT_VERSION)
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"

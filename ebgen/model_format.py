@@ -47,6 +47,21 @@ QUANTILE_LEVELS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6
                    0.95, 0.975, 0.99, 0.995, 0.999)
 
 
+def read_format_json(path: Path, expected_format: str, expected_version: int) -> dict[str, Any]:
+    """A JSON artefact descriptor (model.json, a checkpoint's config.json), format-checked."""
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if info.get("format") != expected_format:
+        raise CheckpointError(f"{path} has format {info.get('format')!r}, "
+                              f"expected {expected_format!r}")
+    if info.get("format_version") != expected_version:
+        raise CheckpointError(f"{path} has format version {info.get('format_version')!r}; this "
+                              f"ebgen reads version {expected_version}")
+    return info
+
+
 def read_model_info(directory: str | Path) -> dict[str, Any]:
     """`model.json` of a model directory, after checking its format and version."""
     directory = Path(directory)
@@ -54,13 +69,4 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"{directory} is not an ebgen model directory: no {MODEL_FILE} "
                               f"(make one with `ebgen export CKPT_DIR --out {directory}`)")
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if info.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"{path} has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
-    if info.get("format_version") != MODEL_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {info.get('format_version')!r}; this "
-                              f"ebgen reads version {MODEL_FORMAT_VERSION}")
-    return info
+    return read_format_json(path, MODEL_FORMAT, MODEL_FORMAT_VERSION)

@@ -57,6 +57,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def stop_process(proc, grace: float = 20.0) -> None:
+    """Ctrl-C a server started in its own process group; SIGKILL it if it lingers."""
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def wait_until(check, timeout: float = 60.0, every: float = 0.3):
     """Poll `check()` until it returns a true value (returned), at most `timeout` s."""
     deadline = time.monotonic() + timeout

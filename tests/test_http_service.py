@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import bad_requests, free_port, wait_until
+from conftest import bad_requests, free_port, stop_process, wait_until
 from ebgen.pixels import unit_to_uint8
 from ebgen.serve import codecs, load_model
 
@@ -42,12 +40,7 @@ def server(tiny_model_dir, tmp_path_factory):
         with httpx.Client(base_url=base, timeout=30) as client:
             yield client
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_process(proc)
         log.close()
     assert proc.returncode is not None
 
