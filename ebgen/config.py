@@ -174,6 +174,9 @@ PRESETS: dict[str, dict[str, dict]] = {
 }
 
 
+#: Kim & Bengio's Adagrad settings, taken by `--optimizer adagrad` unless rates are given.
+AUTHORS_ADAGRAD = dict(lr_energy=1e-3, lr_generator=2e-3, weight_decay=1e-5)
+
 #: Training recipes: field values applied on top of a preset (before explicit overrides).
 #: "paper" is Kim & Bengio as published: batch-norm entropy, no regularisers, constant rates.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -198,6 +201,8 @@ def preset_config(name: str, recipe: str | None = None, **overrides: Any) -> Con
     owners = {f.name: sec for sec, kind in (("model", ModelConfig), ("data", DataConfig),
                                             ("train", TrainConfig))
               for f in dataclasses.fields(kind)}
+    if overrides.get("optimizer") == "adagrad":  # the authors' rates, unless given
+        sections["train"].update(AUTHORS_ADAGRAD)
     for key, value in overrides.items():
         if value is None:
             continue

@@ -88,3 +88,10 @@ def test_resume_with_mi_entropy_and_penalty_is_exact(tmp_path):
         a = load_file(str(tmp_path / "straight" / f"{part}.safetensors"))
         b = load_file(str(tmp_path / "split" / f"{part}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_adagrad_takes_the_authors_rates_unless_given():
+    config = preset_config("mnist", optimizer="adagrad")
+    assert (config.train.lr_energy, config.train.lr_generator, config.train.weight_decay) == (
+        1e-3, 2e-3, 1e-5)
+    assert preset_config("mnist", optimizer="adagrad", lr_generator=5e-4).train.lr_generator == 5e-4

@@ -171,7 +171,9 @@ class Trainer:
                     last = {"step": self.step, **{k: round(float(v), 5) for k, v in values.items()},
                             "steps_per_s": round((self.step - start_step)
                                                  / (time.perf_counter() - start), 3)}
-                    bar.set_postfix(E_data=f"{last['energy_data']:.3g}",
+                    bar.set_postfix(L_E=f"{last['loss_energy']:.3g}",
+                                    L_G=f"{last['loss_generator']:.3g}",
+                                    E_data=f"{last['energy_data']:.3g}",
                                     E_samp=f"{last['energy_samples']:.3g}",
                                     H=f"{last['entropy']:.3g}", refresh=False)
                     if main:
