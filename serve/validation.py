@@ -136,15 +136,19 @@ def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) ->
 
 
 def check_samples(x: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
-    """Arrays to score as float32 N×(sample_shape) in [-1, 1]: shape, channels, size, values.
+    """Arrays to score as float32 N×(sample_shape): shape, channels, size, values.
 
-    uint8 arrays are pixels (0–255) and are mapped through `ebgen.pixels`; other integer
-    arrays are refused; floats must already be in [-1, 1]. One sample without a batch axis
-    (C×H×W, or H×W for a grey model) is taken as a batch of one.
+    Images (a C×H×W sample shape): uint8 arrays are pixels (0–255) and are mapped through
+    `ebgen.pixels`; other integer arrays are refused; floats must already be in [-1, 1].
+    Points (a (D,) sample shape) are any finite numbers. One sample without a batch axis
+    (C×H×W, or H×W for a grey model; D for points) is taken as a batch of one.
     """
     from ebgen.pixels import uint8_to_unit
 
     shape = tuple(int(s) for s in sample_shape)
+    image = len(shape) == 3
+    if not image and x.dtype.kind in "iu":
+        x = x.astype(np.float32)
     if x.dtype.kind in "iu" and x.dtype != np.uint8:
         raise RequestError(422, f"integer input of dtype {x.dtype}: send uint8 pixels or "
                                 "floats in [-1, 1]")
@@ -174,6 +178,8 @@ def check_samples(x: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         raise RequestError(422, "input contains NaN or infinite values")
+    if not image:
+        return x
     lo, hi = float(x.min()), float(x.max())
     if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
         raise RequestError(422, f"float input in [{lo:.3g}, {hi:.3g}]: expected values in "

@@ -201,3 +201,13 @@ def test_handlers_answer_each_request_of_a_batch(tiny_model_dir, model):
     assert len(out) == 3 and ctx.status == {1: 400}
     np.testing.assert_allclose(json.loads(out[0])["energy"], model.energy(x), rtol=1e-6)
     np.testing.assert_allclose(json.loads(out[2])["energy"], model.energy(x[:1]), rtol=1e-6)
+
+
+def test_points_models_take_any_finite_coordinates():
+    """2-D points live outside [-1, 1] (the ring has radius 1.41): no pixel-range check."""
+    points = np.array([[1.41, 0.0], [-2.5, 3.0]], np.float32)
+    np.testing.assert_array_equal(check_samples(points, (2,)), points)
+    assert check_samples(np.array([1, 2]), (2,)).dtype == np.float32
+    with pytest.raises(RequestError) as err:
+        check_samples(np.array([[np.nan, 0.0]], np.float32), (2,))
+    assert err.value.status == 422
