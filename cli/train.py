@@ -1,6 +1,8 @@
 """`ebgen train`: wraps `ebgen.train.train`."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from .options import device_option, seed_option
@@ -79,4 +81,5 @@ def train_command(preset, resume, out, quiet, **fields) -> None:
     else:
         config = preset_config(preset, **fields)
     result = train(config, out, resume=resume, progress=not quiet)
-    click.echo(f"step {result['step']}: checkpoint in {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        click.echo(f"step {result['step']}: checkpoint in {out}")

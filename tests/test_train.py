@@ -119,6 +119,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
                              "--preset", "tiny", "--steps", "10", "--quiet", "--out", str(out)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("checkpoint in") == 1  # rank 0 speaks for the run
     assert read_meta(out)["step"] == 10
     rows = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [10]  # only rank 0 writes
