@@ -26,6 +26,12 @@ def _pyplot() -> Any:
     return plt
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place."""
     path = Path(path)
@@ -34,6 +40,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; plots are not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

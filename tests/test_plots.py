@@ -46,3 +46,15 @@ def test_points_plot_and_histogram(tmp_path):
         assert img.format == "PNG"
     assert plt.get_fignums() == []
     assert sorted(f.name for f in tmp_path.iterdir()) == ["hist.png", "plain.png", "points.png"]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_image_grid(np.zeros((4, 1, 8, 8), np.float32), tmp_path / "g.png")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
