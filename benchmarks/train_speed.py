@@ -20,7 +20,8 @@ from ebgen.train import Trainer
 
 
 #: (row name, preset_config overrides), first row the reference.
-VARIANTS = [("gan", {"objective": "gan"}),
+VARIANTS = [("gan", {"objective": "gan"}),                       # preset's R1 + lr decay
+            ("gan plain", {"objective": "gan", "recipe": "paper"}),  # no R1
             ("ddgm paper", {"recipe": "paper"}),
             ("ddgm default", {})]
 
