@@ -33,11 +33,21 @@ def generator_function(generator: torch.nn.Module, z_dim: int, distribution: str
     return sample
 
 
+def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu",
+                    batch: int = 4096):
+    """Wrap an energy net as `fn(x: np.ndarray (n, ...)) -> np.ndarray (n,)`, chunked, no grad."""
+    def fn(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with torch.no_grad():
+            parts = [energy(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu()
+                     for i in range(0, len(x), batch)]
+        return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+    return fn
+
+
 def evaluate(checkpoint: str | Path, num_samples: int = 2500, data_path: str | None = None,
              seed: int = 0, device: str | None = "auto") -> dict[str, Any]:
     """Evaluate the checkpoint in `checkpoint`; returns a JSON-ready report."""
-    from ebgen.train.trainer import energy_function
-
     torch_device = resolve_device(device)
     config, energy, generator, meta = load_checkpoint(checkpoint, torch_device)
     data_config = config.data
@@ -62,7 +72,7 @@ def evaluate(checkpoint: str | Path, num_samples: int = 2500, data_path: str | N
     data = heldout.batch(index).numpy()
     noise = rng.uniform(-1, 1, size=(num_samples, *config.model.sample_shape)).astype(np.float32)
     for name, x in (("data", data), ("samples", sample(num_samples)), ("noise", noise)):
-        e = np.concatenate([energy_fn(x[i:i + 1024]) for i in range(0, len(x), 1024)])
+        e = energy_fn(x)
         report[f"energy_{name}_mean"] = float(e.mean())
         report[f"energy_{name}_std"] = float(e.std())
     report["num_samples"] = num_samples

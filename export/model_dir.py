@@ -241,6 +241,7 @@ def energy_quantiles(config: Config, energy: torch.nn.Module, generator: torch.n
     """
     from ebgen.data import load_data
     from ebgen.devices import resolve_device
+    from ebgen.evaluate import energy_function, generator_function
 
     dev = resolve_device(device)
     rng = np.random.default_rng(0)
@@ -254,13 +255,10 @@ def energy_quantiles(config: Config, energy: torch.nn.Module, generator: torch.n
                 break
     except EbgenError:  # data missing or moved since training: fall back, and say so
         pass
-    energy = energy.to(dev).eval()
     if x is None:
-        generator = generator.to(dev).eval()
-        z = torch.from_numpy(sample_latents(num_samples, config.model.z_dim, 0,
-                                            config.model.latent))
-        x = torch.cat([generator(c.to(dev)).cpu() for c in z.split(_CHUNK)])
-    values = torch.cat([energy(c.to(dev)).float().cpu() for c in x.split(_CHUNK)]).numpy()
+        x = generator_function(generator.to(dev).eval(), config.model.z_dim,
+                               config.model.latent, dev, seed=0, batch=_CHUNK)(num_samples)
+    values = energy_function(energy.to(dev).eval(), dev, batch=_CHUNK)(np.asarray(x))
     values = values[np.isfinite(values)]
     if len(values) == 0:
         raise EbgenError("no finite energies to compute quantiles from: the energy model "

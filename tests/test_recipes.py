@@ -95,3 +95,9 @@ def test_adagrad_takes_the_authors_rates_unless_given():
     assert (config.train.lr_energy, config.train.lr_generator, config.train.weight_decay) == (
         1e-3, 2e-3, 1e-5)
     assert preset_config("mnist", optimizer="adagrad", lr_generator=5e-4).train.lr_generator == 5e-4
+
+
+def test_gan_objective_builds_no_statistics_network(tmp_path):
+    trainer = Trainer(preset_config("toy2d", objective="gan", steps=1), tmp_path, progress=False)
+    assert trainer.config.train.entropy == "mi" and trainer.statistics is None
+    assert trainer.train_step()["entropy"].isfinite()  # logs the cheap batch-norm estimate

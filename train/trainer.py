@@ -22,6 +22,7 @@ from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, sa
 from ebgen.config import Config
 from ebgen.data import load_data
 from ebgen.errors import EbgenError
+from ebgen.evaluate import energy_function
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gan_generator_loss, generator_loss, gradient_penalty,
@@ -60,7 +61,7 @@ class Trainer:
         generator.to(self.device).train()
         self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
         self.statistics: torch.nn.Module | None = None
-        if config.train.entropy == "mi":
+        if config.train.entropy == "mi" and config.train.objective == "ddgm":
             self.statistics = StatisticsNetwork(config.model).to(self.device).train()
             self.statistics_opt = _adam_like(config, self.statistics.parameters(),
                                              config.train.lr_energy)
@@ -114,7 +115,7 @@ class Trainer:
             energy_fake = self.energy(x_fake)
             if self.statistics is not None:  # T and G both raise the MI estimate
                 entropy = jsd_mutual_information(self.statistics, x_fake, z)
-            elif cfg.entropy == "knn":
+            elif cfg.entropy == "knn" and cfg.objective == "ddgm":
                 entropy = knn_entropy(x_fake, cfg.entropy_neighbours)
             else:
                 entropy = batchnorm_entropy(unwrap(self.generator))
@@ -127,7 +128,7 @@ class Trainer:
             self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
-        if self.statistics is not None and cfg.objective == "ddgm":
+        if self.statistics is not None:
             self.statistics_opt.step()
         # Energy step on data and the (pre-update) samples, in one forward pass.
         with self._autocast():
@@ -233,15 +234,6 @@ class Trainer:
                                    box=default_box(data), data=data,
                                    title=f"{self.config.data.dataset} — step {self.step}")
         return path
-
-
-def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu"):
-    """Wrap an energy net as a numpy function (n, ...) → (n,), evaluated without gradients."""
-    def fn(points: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)).to(device)
-            return energy(x).float().cpu().numpy()
-    return fn
 
 
 def _adam_like(config: Config, params, lr: float, weight_decay: float = 0.0
