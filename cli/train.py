@@ -17,6 +17,8 @@ from .options import device_option, seed_option
 @click.option("--data", "path", default=None, metavar="PATH",
               help="Data file or folder: N×2 .npy/.csv, an MNIST IDX folder, CIFAR-10 python "
                    "batches, or a folder of PNG/JPEG images.")
+@click.option("--exclude-class", "exclude_classes", type=int, multiple=True,
+              help="Leave this label out of training (repeatable; labelled data only).")
 @click.option("--steps", type=int, default=None, help="Training steps. (default: from preset)")
 @click.option("--batch-size", type=int, default=None,
               help="Minibatch per process. (default: from preset)")
@@ -74,6 +76,7 @@ def train_command(preset, resume, out, quiet, **fields) -> None:
     from ebgen.train import resume_config, train
 
     out = out or f"runs/{preset}"
+    fields["exclude_classes"] = list(fields["exclude_classes"]) or None
     if resume:
         config = resume_config(out, steps=fields["steps"], device=fields["device"],
                                sample_every=fields["sample_every"],

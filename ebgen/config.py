@@ -34,6 +34,10 @@ class ModelConfig:
     generator_width: int = 128    # MLP hidden units, or base conv channels
     depth: int = 3                # MLP hidden layers (points only)
     noise_std: float = 0.01       # noise on the generator's hidden pre-activations (training)
+    base: str = "gaussian"        # the energy's base term: "gaussian" (learned isotropic scale
+    #                               and bias) or "data" (per-dimension mean and variance of the
+    #                               training data, fixed before training)
+    base_min_variance: float = 0.05  # "data" base: variance floor (pixels in [-1, 1])
 
     def __post_init__(self) -> None:
         if self.kind not in ("points", "image"):
@@ -42,6 +46,8 @@ class ModelConfig:
             raise EbgenError(f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
         if self.kind == "image" and self.channels not in (1, 3):
             raise EbgenError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
+        if self.base not in ("gaussian", "data"):
+            raise EbgenError(f"base must be 'gaussian' or 'data', got {self.base!r}")
         if self.latent not in ("uniform", "normal"):
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
         if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
@@ -64,6 +70,8 @@ class DataConfig:
     path: str | None = None       # a file or folder; the format is guessed when `dataset` is None
     num_points: int = 100_000     # size of a generated (built-in) data set
     holdout_fraction: float = 0.1 # share held out for evaluation when no test split exists
+    exclude_classes: list[int] = field(default_factory=list)  # labels left out of the
+    #                               training split (the held-out-class anomaly protocol)
 
 
 @dataclass
@@ -153,12 +161,16 @@ PRESETS: dict[str, dict[str, dict]] = {
         dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
              gradient_penalty=0.01, lr_decay=True, sample_every=5000, checkpoint_every=2000,
              num_eval_samples=1000)),
+    # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
+    # models"): small nets (a few MB of ONNX), the data base (shifted digits score as
+    # anomalies), MI entropy, a small R1 penalty and lr decay.
     "mnist": _preset(
-        dict(kind="image", image_size=28, channels=1, z_dim=100, num_experts=1024,
-             energy_width=64, generator_width=64),
+        dict(kind="image", image_size=28, channels=1, z_dim=100, num_experts=128,
+             energy_width=32, generator_width=32, base="data"),
         dict(dataset="mnist"),
-        dict(steps=20000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
-             sample_every=500, checkpoint_every=1000)),
+        dict(steps=8000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
+             entropy="mi", gradient_penalty=0.1, lr_decay=True, sample_every=1000,
+             checkpoint_every=1000)),
     "cifar10": _preset(
         dict(kind="image", image_size=32, channels=3, z_dim=100, num_experts=1024,
              energy_width=64, generator_width=64),

@@ -12,6 +12,8 @@ otherwise a seeded `holdout_fraction` of the data, and a fresh draw for generate
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,4 +261,18 @@ def load_data(data: DataConfig, model: ModelConfig, seed: int = 0) -> tuple[Data
     if not path.exists():
         raise DataError(f"data path {path} does not exist")
     fmt = name if name in FORMATS else guess_format(path)
-    return _from_path(fmt, path, data, model, seed)
+    train, heldout = _from_path(fmt, path, data, model, seed)
+    if data.exclude_classes:
+        train = _without_classes(train, data.exclude_classes)
+    return train, heldout
+
+
+def _without_classes(dataset: Dataset, classes: list[int]) -> Dataset:
+    """`dataset` minus the samples labelled with any of `classes` (the held-out split keeps
+    them, so they can be scored as anomalies)."""
+    if dataset.labels is None:
+        raise DataError(f"--exclude-class needs labelled data; {dataset.source} has no labels")
+    keep = ~torch.isin(dataset.labels, torch.tensor(list(classes), dtype=torch.int64))
+    if not bool(keep.any()):
+        raise DataError(f"excluding classes {sorted(classes)} leaves no training data")
+    return dataclasses.replace(dataset, values=dataset.values[keep], labels=dataset.labels[keep])

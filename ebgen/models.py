@@ -43,8 +43,12 @@ class EnergyModel(nn.Module):
 
     E(x) = ‖x‖² / (2σ²) − bᵀx − Σ_i softplus(w_iᵀ f(x) + c_i): a Gaussian prior with learnable
     scale σ and bias b, plus a product of softplus experts over deep features f (a strided
-    conv net for images, an MLP for points). There is no batch norm, so each sample's energy
-    depends on that sample alone. Returns `energy` of shape (N,).
+    conv net for images, an MLP for points). With `base="data"` the prior is instead
+    ½ Σ_d (x_d − μ_d)² / v_d, the training data's per-dimension mean μ and variance v (floored),
+    fixed by `fit_base` before training: dimensions the data never varies in (an image's
+    border) then cost energy to change, which the experts alone never learn, since neither
+    the data nor the generator's samples ever go there. There is no batch norm, so each
+    sample's energy depends on that sample alone. Returns `energy` of shape (N,).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -69,13 +73,29 @@ class EnergyModel(nn.Module):
             self.features = nn.Sequential(*layers)
             feature_dim = channels_in * _base_size(config.image_size) ** 2
         input_dim = math.prod(config.sample_shape)
-        self.log_sigma = nn.Parameter(torch.zeros(()))
-        self.bias = nn.Parameter(torch.zeros(input_dim))
+        if config.base == "data":
+            self.register_buffer("base_mean", torch.zeros(input_dim))
+            self.register_buffer("base_precision", torch.ones(input_dim))
+        else:
+            self.log_sigma = nn.Parameter(torch.zeros(()))
+            self.bias = nn.Parameter(torch.zeros(input_dim))
         self.experts = nn.Linear(feature_dim, config.num_experts)
+
+    @torch.no_grad()
+    def fit_base(self, x: torch.Tensor) -> None:
+        """Set the "data" base to the mean and (floored) variance of training samples `x`."""
+        flat = x.flatten(1).double()
+        variance = flat.var(0, unbiased=False).clamp_min(self.config.base_min_variance)
+        self.base_mean.copy_(flat.mean(0))
+        self.base_precision.copy_(1.0 / variance)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.flatten(1)
-        prior = flat.pow(2).sum(1) * (0.5 * torch.exp(-2 * self.log_sigma)) - flat @ self.bias
+        if self.config.base == "data":
+            prior = 0.5 * ((flat - self.base_mean).pow(2) * self.base_precision).sum(1)
+        else:
+            prior = (flat.pow(2).sum(1) * (0.5 * torch.exp(-2 * self.log_sigma))
+                     - flat @ self.bias)
         experts = F.softplus(self.experts(self.features(x))).sum(1)
         return (prior - experts).float()
 

@@ -87,6 +87,25 @@ def test_mnist_fixture_splits() -> None:
 
 
 @pytest.mark.mnist
+def test_excluded_classes_leave_training_but_stay_held_out(tmp_path: Path) -> None:
+    data = DataConfig(dataset="mnist", path=str(MNIST_DIR), holdout_fraction=0.25,
+                      exclude_classes=[3, 7])
+    train, held = load_data(data, image_model(), seed=0)
+    full, full_held = load_data(DataConfig(dataset="mnist", path=str(MNIST_DIR),
+                                           holdout_fraction=0.25), image_model(), seed=0)
+    assert set(train.labels.tolist()) == set(range(10)) - {3, 7}
+    assert len(train) == int(((full.labels != 3) & (full.labels != 7)).sum())
+    assert torch.equal(held.labels, full_held.labels)  # held out as before: 3s and 7s included
+    np.save(tmp_path / "p.npy", np.zeros((10, 2), np.float32))
+    with pytest.raises(DataError, match="needs labelled data"):
+        load_data(DataConfig(dataset="points", path=str(tmp_path / "p.npy"),
+                             exclude_classes=[1]), ModelConfig(kind="points"))
+    with pytest.raises(DataError, match="leaves no training data"):
+        load_data(DataConfig(dataset="mnist", path=str(MNIST_DIR),
+                             exclude_classes=list(range(10))), image_model())
+
+
+@pytest.mark.mnist
 def test_mnist_resized_and_rgb() -> None:
     data = DataConfig(dataset="mnist", path=str(MNIST_DIR))
     small, _ = load_data(data, image_model(8, 1))

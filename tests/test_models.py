@@ -31,6 +31,26 @@ def test_point_nets_shapes():
     assert x.shape == (5, 2) and energy(x).shape == (5,)
 
 
+def test_data_base_charges_for_changes_where_the_data_never_varies():
+    cfg = ModelConfig(kind="image", image_size=8, z_dim=4, num_experts=4, energy_width=4,
+                      generator_width=4, base="data", base_min_variance=0.05)
+    energy = EnergyModel(cfg)
+    x = -torch.ones(64, 1, 8, 8)
+    x[:, :, 2:6, 2:6] = torch.rand(64, 1, 4, 4) * 2 - 1  # only the centre varies
+    energy.fit_base(x)
+    assert torch.allclose(energy.base_mean.view(8, 8)[0], -torch.ones(8), atol=1e-6)
+    assert energy.base_precision.max() == pytest.approx(1 / 0.05)  # the floor, at the border
+    with torch.no_grad():
+        energy.experts.weight.zero_()
+        typical = energy(x[:1])
+        inked = x[:1].clone()
+        inked[0, 0, 0, 0] = 1.0  # one border pixel turned on: +½·2²/0.05 = 40
+        assert float(energy(inked) - typical) == pytest.approx(40.0, rel=1e-4)
+    assert "base_mean" in energy.state_dict() and not hasattr(energy, "log_sigma")
+    with pytest.raises(Exception, match="base must be"):
+        ModelConfig(base="nope")
+
+
 def test_every_generator_hidden_layer_has_batch_norm():
     generator = Generator(ModelConfig(kind="points", depth=3))
     assert len(generator.batch_norms()) == 3

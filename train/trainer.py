@@ -57,6 +57,9 @@ class Trainer:
             _check_fresh_out_dir(self.out_dir)
             torch.manual_seed(config.train.seed)
             energy, generator = build_models(config.model)
+            if config.model.base == "data":
+                energy.fit_base(self.train_data.batch(torch.arange(
+                    min(len(self.train_data), 60_000), device=self.train_data.values.device)))
         energy.to(self.device).train()
         generator.to(self.device).train()
         self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
