@@ -9,27 +9,39 @@ from .options import device_option, json_option, seed_option
 
 
 @click.command("eval")
-@click.argument("checkpoint", metavar="CKPT_DIR")
-@click.option("--num-samples", type=int, default=2500, show_default=True,
-              help="Generator samples to evaluate.")
+@click.argument("model", metavar="MODEL")
+@click.option("--num-samples", type=int, default=None,
+              help="Generator samples to evaluate. (default: 2500 for 2-D, 10000 for images)")
 @click.option("--data", "path", default=None, metavar="PATH",
-              help="Held-out data to use instead of the training run's. (default: the run's)")
+              help="Data to evaluate against instead of the training run's (needed for a "
+                   "bundled image model). (default: the run's)")
+@click.option("--anomaly", is_flag=True,
+              help="Images: AUROC of the energy against noise, blurred, inverted and shifted "
+                   "digits, beside a PCA-50 reconstruction baseline.")
+@click.option("--plots", "plots_dir", default=None, metavar="DIR",
+              help="Write pictures to DIR: samples (over the energy landscape for 2-D) and a "
+                   "histogram of energies of data, samples and noise.")
 @seed_option()
 @device_option()
 @json_option()
-def eval_command(checkpoint, num_samples, path, seed, device, as_json) -> None:
-    """Measure a trained model.
+def eval_command(model, num_samples, path, anomaly, plots_dir, seed, device, as_json) -> None:
+    """Measure a model: a checkpoint, a model directory or a bundled model name.
 
     2-D models: VEEGAN mode coverage (built-in sets) and KL(p_data ‖ p_E) of the energy
-    normalised on a grid. Image models: mean energy of held-out data, samples and noise.
+    normalised on a grid. Image models: mean energies of held-out data, samples and noise;
+    28×28 digit models also get the bundled classifier's metrics (classes covered, KL of the
+    class histogram to uniform, share of confident samples, Fréchet distance).
 
     \b
     Examples:
       ebgen eval runs/ring
-      ebgen eval runs/mnist --json
+      ebgen eval ring --plots plots/ring
+      ebgen eval mnist --data ~/data/mnist --anomaly --json
     """
     from ebgen.evaluate import evaluate, format_report
 
-    report = evaluate(checkpoint, num_samples=num_samples, data_path=path, seed=seed,
-                      device=device)
+    if num_samples is not None and num_samples < 2:
+        raise click.UsageError("--num-samples must be at least 2")
+    report = evaluate(model, num_samples=num_samples, data_path=path, seed=seed,
+                      device=device, anomaly=anomaly, plots_dir=plots_dir)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from .options import device_option, seed_option
+from .options import device_option, model_arguments, pick_model, seed_option
 
 
 @click.command("generate")
-@click.argument("model", metavar="MODEL")
+@model_arguments()
 @click.option("-n", "--num-samples", type=int, default=64, show_default=True,
               help="Samples to draw.")
 @seed_option()
@@ -21,13 +21,16 @@ from .options import device_option, seed_option
               help="png (uint8 images) or npy (float32 N×C×H×W in [-1, 1]). "
                    "(default: from --out's suffix, else png)")
 @device_option()
-def generate_command(model, num_samples, seed, out, grid, fmt, device) -> None:
+def generate_command(model, model_option, num_samples, seed, out, grid, fmt, device) -> None:
     """Draw samples from a model's generator (same seed, same pixels as the servers).
 
-    MODEL is a model directory, a checkpoint directory or a bundled model name.
+    MODEL is a model directory, a checkpoint directory or a bundled model name (see
+    `ebgen models`); without one, the bundled `mnist` digits model.
 
     \b
     Examples:
+      ebgen generate -n 64 --out samples.png
+      ebgen generate --model ring -n 1000 --out ring.npy
       ebgen generate models/tiny -n 16 --seed 0 --out samples/
       ebgen generate models/tiny -n 64 --out grid.png
       ebgen generate models/tiny -n 1000 --format npy --out samples.npy
@@ -36,6 +39,7 @@ def generate_command(model, num_samples, seed, out, grid, fmt, device) -> None:
     from ebgen.serve.service import generate_response
     from ebgen.serve.validation import GenerateParams, Limits
 
+    model = pick_model(model, model_option)
     target = Path(out)
     suffix = target.suffix.lower()
     fmt = fmt or ("npy" if suffix == ".npy" else "png")

@@ -23,3 +23,24 @@ def json_option():
     """`--json`: print one JSON object instead of text."""
     return click.option("--json", "as_json", is_flag=True,
                         help="Print one JSON object instead of text.")
+
+
+def model_arguments():
+    """MODEL as an optional argument or as `--model`, defaulting to the bundled default model.
+
+    The command receives one `model` keyword (see `pick_model`).
+    """
+    def decorate(f):
+        f = click.option("--model", "model_option", default=None, metavar="MODEL",
+                         help="Same as the MODEL argument.")(f)
+        return click.argument("model", required=False, metavar="[MODEL]")(f)
+    return decorate
+
+
+def pick_model(argument: str | None, option: str | None) -> str:
+    """The MODEL given as argument or `--model` (not both), else the bundled default."""
+    from ebgen.bundled import DEFAULT_MODEL
+
+    if argument and option and argument != option:
+        raise click.UsageError(f"two models given: {argument!r} and --model {option!r}")
+    return argument or option or DEFAULT_MODEL

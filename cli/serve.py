@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .options import device_option
+from .options import device_option, model_arguments, pick_model
 
 
 @click.command("serve")
-@click.argument("model", metavar="MODEL")
+@model_arguments()
 @click.option("--engine", type=click.Choice(["http", "torchserve"]), default="http",
               show_default=True,
               help="http: the built-in service (Open Inference Protocol v2, no JVM); "
@@ -35,15 +35,16 @@ from .options import device_option
               help="TorchServe only: config, keys (key_file.json) and logs. (default: a new "
                    "temporary folder)")
 @device_option()
-def serve_command(model, engine, host, port, workers, max_batch_size, max_delay_ms, max_queue,
+def serve_command(model, model_option, engine, host, port, workers, max_batch_size, max_delay_ms, max_queue,
                   max_samples, max_body_mb, no_auth, workdir, device) -> None:
     """Serve generation and energy scoring over HTTP on 127.0.0.1.
 
     MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache
-    first) or a bundled model name.
+    first) or a bundled model name (see `ebgen models`); without one, the bundled `mnist`.
 
     \b
     Examples:
+      ebgen serve mnist
       ebgen serve models/tiny
       ebgen serve models/tiny --workers 2 --port 9000
       ebgen serve models/tiny --engine torchserve --workdir /srv/ts
@@ -61,7 +62,7 @@ def serve_command(model, engine, host, port, workers, max_batch_size, max_delay_
                                "must be at least 1; --max-delay-ms at least 0")
     limits = Limits(max_samples=max_samples, max_score_inputs=max(max_samples, 1024),
                     max_body_bytes=int(max_body_mb * 2**20))
-    path = str(resolve_model_path(model))
+    path = str(resolve_model_path(pick_model(model, model_option)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if engine == "torchserve":
         from ebgen.serve.torchserve import TorchServeConfig, serve_torchserve

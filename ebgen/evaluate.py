@@ -1,23 +1,28 @@
-"""`evaluate`: what `ebgen eval` reports about a trained checkpoint.
+"""`evaluate`: what `ebgen eval` reports about a trained checkpoint or an exported model.
 
 2-D models: VEEGAN-protocol mode coverage on generator samples (built-in sets) and the
 KL(p_data ‖ p_E) of the energy normalised on a grid. Image models: the mean energy of held-out
 data, of generator samples and of uniform noise (a working energy orders them data < samples
-< noise, since lower energy means more probable).
+< noise, since lower energy means more probable); for 28×28 grey digits, the bundled
+classifier's metrics (`ebgen.image_metrics`); with `anomaly`, energy AUROCs against corrupted
+digits beside a PCA baseline (`ebgen.anomaly`); with `plots_dir`, pictures (`ebgen.plots`).
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+from .config import Config
 from .data import load_data
 from .devices import resolve_device
+from .errors import EbgenError
 from .latents import sample_latents
+from .names import CONFIG_FILE
 from .toy2d import TOY_SETS
 
 
@@ -45,47 +50,113 @@ def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu",
     return fn
 
 
-def evaluate(checkpoint: str | Path, num_samples: int = 2500, data_path: str | None = None,
-             seed: int = 0, device: str | None = "auto") -> dict[str, Any]:
-    """Evaluate the checkpoint in `checkpoint`; returns a JSON-ready report."""
-    torch_device = resolve_device(device)
-    config, energy, generator, meta = load_checkpoint(checkpoint, torch_device)
+@dataclasses.dataclass
+class Evaluated:
+    """What evaluation needs of a model, whichever form it comes in."""
+
+    config: Config
+    sample: Callable[[int], np.ndarray]       # n -> samples (seeded)
+    energy: Callable[[np.ndarray], np.ndarray]
+    step: int | None
+    source: str                               # "checkpoint" or "model directory"
+
+
+def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto") -> Evaluated:
+    """A training checkpoint (PyTorch) or a model directory / bundled name (onnxruntime)."""
+    path = Path(target).expanduser()
+    if (path / CONFIG_FILE).is_file():
+        torch_device = resolve_device(device)
+        config, energy, generator, meta = load_checkpoint(path, torch_device)
+        return Evaluated(config, generator_function(generator, config.model.z_dim,
+                                                    config.model.latent, torch_device, seed=seed),
+                         energy_function(energy, torch_device), meta["step"], "checkpoint")
+    from .bundled import bundled_model_path
+    from .serve.runtime import load_model
+
+    if not path.exists() and bundled_model_path(str(target)) is None:
+        raise EbgenError(f"{target} does not exist: expected a checkpoint directory, a model "
+                         f"directory or a bundled model name (see `ebgen models`)")
+    model = load_model(target, "cpu" if device in (None, "auto", "cpu") else device)
+    provenance = model.info.get("provenance", {})
+    if "config" not in provenance:
+        raise EbgenError(f"{target}: model.json records no training config to evaluate with")
+    return Evaluated(Config.from_dict(provenance["config"]),
+                     lambda n: model.generate(n, seed=seed), model.energy,
+                     provenance.get("step"), "model directory")
+
+
+def evaluate(checkpoint: str | Path, num_samples: int | None = None,
+             data_path: str | None = None, seed: int = 0, device: str | None = "auto",
+             anomaly: bool = False, plots_dir: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint, model directory or bundled model; returns a JSON-ready report.
+
+    `num_samples` defaults to 2,500 for 2-D models and 10,000 for image models. `data_path`
+    replaces the training run's data (needed where that data is not on this machine).
+    """
+    model = open_for_eval(checkpoint, seed, device)
+    config = model.config
     data_config = config.data
     if data_path is not None:
         data_config = dataclasses.replace(data_config, path=data_path, dataset=None)
-    _, heldout = load_data(data_config, config.model, seed=config.train.seed)
-    sample = generator_function(generator, config.model.z_dim, config.model.latent,
-                                torch_device, seed=seed)
-    energy_fn = energy_function(energy, torch_device)
-    report: dict[str, Any] = {"checkpoint": str(checkpoint), "step": meta["step"],
-                              "kind": config.model.kind, "objective": config.train.objective,
+    elif data_config.path is not None and not Path(data_config.path).expanduser().exists():
+        raise EbgenError(f"{checkpoint} was trained on {data_config.path}, which is not here: "
+                         f"pass --data PATH (e.g. an MNIST folder)")
+    train, heldout = load_data(data_config, config.model, seed=config.train.seed)
+    report: dict[str, Any] = {"model": str(checkpoint), "source": model.source,
+                              "step": model.step, "kind": config.model.kind,
+                              "objective": config.train.objective,
                               "dataset": data_config.dataset or heldout.name}
+    plots = Path(plots_dir) if plots_dir is not None else None
     if config.model.kind == "points":
         from .metrics2d import evaluate_points
 
         name = data_config.dataset if data_config.dataset in TOY_SETS else None
-        report.update(evaluate_points(sample, energy_fn, name, heldout.values.cpu().numpy(),
-                                      num_samples=num_samples))
+        data = heldout.values.cpu().numpy()
+        report.update(evaluate_points(model.sample, model.energy, name, data,
+                                      num_samples=num_samples or 2500))
+        if plots is not None:
+            report["plots"] = _points_plots(model, data, report, plots)
         return report
-    rng = np.random.default_rng(seed)
-    index = torch.from_numpy(rng.permutation(len(heldout))[:min(len(heldout), 10_000)])
-    data = heldout.batch(index).numpy()
-    noise = rng.uniform(-1, 1, size=(num_samples, *config.model.sample_shape)).astype(np.float32)
-    for name, x in (("data", data), ("samples", sample(num_samples)), ("noise", noise)):
-        e = energy_fn(x)
-        report[f"energy_{name}_mean"] = float(e.mean())
-        report[f"energy_{name}_std"] = float(e.std())
-    report["num_samples"] = num_samples
-    report["num_heldout"] = len(data)
+    from .evaluate_images import evaluate_images
+
+    report.update(evaluate_images(model.sample, model.energy, config.model, train, heldout,
+                                  num_samples or 10_000, seed, anomaly, plots))
     return report
 
 
-def format_report(report: dict[str, Any]) -> str:
-    """The report as aligned `key: value` lines."""
-    width = max(len(k) for k in report)
+def _points_plots(model: Evaluated, data: np.ndarray, report: dict[str, Any],
+                  plots: Path) -> list[str]:
+    """The energy landscape with samples over it, and the energy histogram, for 2-D models."""
+    from . import plots as plotting
+
+    rng = np.random.default_rng(0)
+    samples = model.sample(2000)
+    x0, x1, y0, y1 = report["box"]
+    noise = np.stack([rng.uniform(x0, x1, 2000), rng.uniform(y0, y1, 2000)], 1)
+    name = report["dataset"]
+    written = [plotting.save_points_plot(samples, plots / "samples_energy.png",
+                                         energy_fn=model.energy, box=tuple(report["box"]),
+                                         data=data[:2000], title=f"{name}: samples over E"),
+               plotting.save_energy_histogram(
+                   {"data": model.energy(data[:2000].astype(np.float32)),
+                    "samples": model.energy(samples),
+                    "noise": model.energy(noise.astype(np.float32))},
+                   plots / "energy_histogram.png", title=f"{name}: energies")]
+    return [str(p) for p in written]
+
+
+def format_report(report: dict[str, Any], indent: str = "") -> str:
+    """The report as aligned `key  value` lines; nested dicts (e.g. `anomaly`) indented."""
+    width = max((len(k) for k in report), default=0)
     lines = []
     for key, value in report.items():
+        if isinstance(value, dict):
+            lines.append(f"{indent}{key}")
+            lines.append(format_report(value, indent + "  "))
+            continue
         if isinstance(value, float):
             value = f"{value:.4g}"
-        lines.append(f"{key:<{width}}  {value}")
+        elif isinstance(value, list) and value and isinstance(value[0], float):
+            value = "[" + ", ".join(f"{v:.3g}" for v in value) + "]"
+        lines.append(f"{indent}{key:<{width}}  {value}")
     return "\n".join(lines)

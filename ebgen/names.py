@@ -27,3 +27,7 @@ MODEL_FILE = "model.json"
 GENERATOR_ONNX = "generator.onnx"
 GENERATOR_UINT8_ONNX = "generator_uint8.onnx"
 ENERGY_ONNX = "energy.onnx"
+
+# Bundled pretrained models (ebgen/pretrained/<name>/): a model directory plus these two.
+RECIPE_FILE = "recipe.json"       # how it was trained: command, config, seconds
+QUALITY_FILE = "quality.json"     # what it measured: `ebgen eval` metrics

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ebgen.bundled import bundled_model_path, bundled_names
 from ebgen.errors import EbgenError
 from ebgen.latents import sample_latents
 from ebgen.model_format import read_model_info
@@ -213,14 +214,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ebgen" / "models"
 
 
-def bundled_model_path(name: str) -> Path | None:
-    """The model directory of the bundled pretrained model `name`, or None.
-
-    Hook for the pretrained-models issue: ships none yet, so always None.
-    """
-    return None
-
-
 def _checkpoint_hash(directory: Path) -> str:
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS):
@@ -260,7 +253,8 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
             return bundled
     raise EbgenError(f"{name_or_path} is not a model: expected a model directory (with "
                      f"{MODEL_FILE}, from `ebgen export`), a checkpoint directory (with "
-                     f"{CONFIG_FILE}, from `ebgen train`) or a bundled model name")
+                     f"{CONFIG_FILE}, from `ebgen train`) or a bundled model name "
+                     f"({', '.join(bundled_names()) or 'none installed'}; see `ebgen models`)")
 
 
 def load_model(path: str | Path, device: str = "auto",

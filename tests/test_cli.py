@@ -34,6 +34,16 @@ def test_train_and_eval_tiny_from_the_cli(tmp_path):
     report = json.loads(run("eval", str(out), "--json", "--num-samples", "64").output)
     assert report["step"] == 6 and report["kind"] == "image"
     assert {"energy_data_mean", "energy_samples_mean", "energy_noise_mean"} <= set(report)
+    assert report["source"] == "checkpoint" and "classes_covered" not in report  # 8×8: no
+    #                                                               MNIST classifier metrics
+    plots = tmp_path / "plots"
+    report = json.loads(run("eval", str(out), "--json", "--num-samples", "64", "--anomaly",
+                            "--plots", str(plots)).output)
+    assert set(report["anomaly"]["energy"]) == {"noise", "blur", "inverted", "shifted"}
+    assert all(0 <= v <= 1 for v in report["anomaly"]["pca"].values())
+    assert sorted(p.name for p in plots.iterdir()) == ["data.png", "energy_histogram.png",
+                                                       "samples.png"]
+    assert "anomaly" in run("eval", str(out), "--anomaly", "--num-samples", "64").output
 
 
 @pytest.mark.mnist
