@@ -38,28 +38,27 @@ BLUR_SIGMA = 1.5
 SHIFT_PIXELS = 8
 
 
+def _checked(values: Any, what: str, ndim: int, dtype: type, unit: str) -> np.ndarray:
+    """`values` as a non-empty, finite `ndim`-D array, or an EbgenError saying what is wrong."""
+    values = np.asarray(values, dtype=dtype)
+    if values.ndim != ndim:
+        shape = "images (N, C, H, W)" if ndim == 4 else "a vector of scores"
+        raise EbgenError(f"{what} must be {shape}, got shape {values.shape}")
+    if len(values) == 0:
+        raise EbgenError(f"{what} is empty: expected at least one {unit}")
+    if not np.isfinite(values).all():
+        raise EbgenError(f"{what} holds NaN or infinite {unit} values")
+    return values
+
+
 def _check_images(x: Any, what: str) -> np.ndarray:
-    """`x` as a float32 (N, C, H, W) array, or an EbgenError saying what is wrong with it."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 4:
-        raise EbgenError(f"{what} must be images (N, C, H, W), got shape {x.shape}")
-    if len(x) == 0:
-        raise EbgenError(f"{what} is empty: expected at least one image")
-    if not np.isfinite(x).all():
-        raise EbgenError(f"{what} holds NaN or infinite pixel values")
-    return x
+    """`x` as a float32 (N, C, H, W) array, or an EbgenError."""
+    return _checked(x, what, 4, np.float32, "image")
 
 
 def _check_scores(scores: Any, what: str) -> np.ndarray:
     """`scores` as a non-empty, finite float64 vector, or an EbgenError."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1:
-        raise EbgenError(f"{what} must be a vector of scores, got shape {scores.shape}")
-    if len(scores) == 0:
-        raise EbgenError(f"{what} is empty: expected at least one score")
-    if not np.isfinite(scores).all():
-        raise EbgenError(f"{what} holds NaN or infinite scores")
-    return scores
+    return _checked(scores, what, 1, np.float64, "score")
 
 
 def _score(score_fn: ScoreFunction, x: np.ndarray, what: str) -> np.ndarray:
