@@ -1,21 +1,23 @@
-# ebgen serving image: TorchServe (default) or the built-in HTTP service over one model directory.
+# ebgen serving image: TorchServe (default) or the built-in HTTP service, over the bundled
+# `mnist` model or any model directory ($EBGEN_MODEL: a bundled name or a path).
 #
-#   ebgen export runs/mnist --out model            # the model directory this image serves
-#   docker build -t ebgen .                        # or --build-arg MODEL_DIR=path/to/model
-#   docker run -p 8080:8080 -p 8082:8082 ebgen     # TorchServe; token in /srv/torchserve/key_file.json
+#   docker build -t ebgen .
+#   docker run -p 8080:8080 -p 8082:8082 ebgen     # TorchServe, bundled mnist; token in /srv/torchserve/key_file.json
 #   docker exec CONTAINER cat /srv/torchserve/key_file.json
-#   docker run -p 8080:8080 ebgen ebgen serve /models/model --host 0.0.0.0 --workers 2   # HTTP service
+#   ebgen export runs/mine --out model             # your own model directory, mounted:
+#   docker run -p 8080:8080 -v $PWD/model:/models/mine:ro -e EBGEN_MODEL=/models/mine ebgen
+#   docker run -p 8080:8080 ebgen ebgen serve ring --host 0.0.0.0 --workers 2   # HTTP service
 #
 # tests/test_dockerfile.py replays the install (RUN pip ...) and start (CMD) steps in a fresh venv.
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG MODEL_DIR=model
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    EBGEN_MODEL=mnist
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
@@ -32,7 +34,6 @@ COPY cli ./cli
 RUN pip install --extra-index-url "$TORCH_INDEX" "torch==2.13.0"
 RUN pip install ".[cpu,serve,torchserve]"
 
-COPY ${MODEL_DIR} /models/model
 RUN useradd --create-home --uid 10001 ebgen \
     && mkdir -p /srv/torchserve && chown ebgen /srv/torchserve
 USER ebgen
@@ -44,4 +45,4 @@ EXPOSE 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys; from ebgen.serve.torchserve import healthcheck; sys.exit(healthcheck('/srv/torchserve', 8080))"]
 
-CMD ["ebgen", "serve", "/models/model", "--engine", "torchserve", "--host", "0.0.0.0", "--port", "8080", "--workdir", "/srv/torchserve"]
+CMD ["ebgen", "serve", "--engine", "torchserve", "--host", "0.0.0.0", "--port", "8080", "--workdir", "/srv/torchserve"]

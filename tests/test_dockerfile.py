@@ -52,8 +52,15 @@ def test_dockerfile_shape():
     assert any('.[cpu,serve,torchserve]' in a for k, a in steps if k == "RUN")
     assert any("torch==2.13.0" in a and "$TORCH_INDEX" in a for k, a in steps if k == "RUN")
     cmd = json.loads(dict(steps)["CMD"])
-    assert cmd[:4] == ["ebgen", "serve", "/models/model", "--engine"] and "torchserve" in cmd
+    assert cmd[:4] == ["ebgen", "serve", "--engine", "torchserve"]
+    assert environment(steps)["EBGEN_MODEL"] == "mnist"  # the bundled model, no COPY needed
     assert "HEALTHCHECK" in kinds and "USER" in kinds
+
+
+def environment(steps: list[tuple[str, str]]) -> dict[str, str]:
+    """The variables the Dockerfile's ENV steps set (KEY=VALUE form)."""
+    return dict(pair.split("=", 1) for kind, arg in steps if kind == "ENV"
+                for pair in shlex.split(arg))
 
 
 def three_free_ports() -> int:
@@ -79,12 +86,12 @@ def three_free_ports() -> int:
     raise RuntimeError("no three consecutive free ports")
 
 
-def test_replay_install_and_start(tiny_model_dir, tmp_path):
+def test_replay_install_and_start(tmp_path):
     httpx = pytest.importorskip("httpx")
     steps = parse(DOCKERFILE)
     args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in steps if k == "ARG" and "=" in a}
     args.update(OVERRIDES)
-    context, models, workdir = tmp_path / "opt-ebgen", tmp_path / "models", tmp_path / "srv"
+    context, workdir = tmp_path / "opt-ebgen", tmp_path / "srv"
     context.mkdir()
     workdir.mkdir()
     venv = tmp_path / "venv"
@@ -92,14 +99,11 @@ def test_replay_install_and_start(tiny_model_dir, tmp_path):
     bin_dir = venv / "bin"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PIP_NO_CACHE_DIR="1",
-               **{k: v for k, v in args.items()})
-    replacements = {"/models/model": str(models / "model"), "/srv/torchserve": str(workdir)}
+               **args, **environment(steps))
+    replacements = {"/srv/torchserve": str(workdir)}
     for kind, arg in steps:
         if kind == "COPY":
             *sources, dst = shlex.split(arg)
-            if any("MODEL_DIR" in src for src in sources):
-                shutil.copytree(tiny_model_dir, replacements[dst])
-                continue
             target = context / dst
             for src in sources:
                 if (ROOT / src).is_dir():
@@ -137,7 +141,8 @@ def test_replay_install_and_start(tiny_model_dir, tmp_path):
         base = f"http://127.0.0.1:{port}/predictions"
         r = httpx.post(f"{base}/generate", json={"num_samples": 4, "seed": 1, "format": "json"},
                        headers=auth, timeout=60)
-        assert r.status_code == 200 and len(r.json()["images"]) == 4
+        assert r.status_code == 200 and len(r.json()["images"]) == 4  # bundled mnist digits
+        assert r.json()["shape"][-2:] == [28, 28]
         r = httpx.post(f"{base}/score", json={"instances": r.json()["images"]}, headers=auth,
                        timeout=60)
         assert r.status_code == 200 and len(r.json()["energy"]) == 4
