@@ -26,14 +26,16 @@ def json_option():
 
 
 def model_arguments():
-    """MODEL as an optional argument or as `--model`, defaulting to the bundled default model.
+    """MODEL as an optional argument (or $EBGEN_MODEL) or as `--model`, defaulting to the
+    bundled default model.
 
     The command receives one `model` keyword (see `pick_model`).
     """
     def decorate(f):
         f = click.option("--model", "model_option", default=None, metavar="MODEL",
                          help="Same as the MODEL argument.")(f)
-        return click.argument("model", required=False, metavar="[MODEL]")(f)
+        return click.argument("model", required=False, metavar="[MODEL]",
+                              envvar="EBGEN_MODEL")(f)
     return decorate
 
 

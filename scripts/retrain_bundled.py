@@ -10,6 +10,7 @@ One command rebuilds `ebgen/pretrained/<name>/` for each model: train with the r
     python scripts/retrain_bundled.py --data ~/data/mnist                # all three
     python scripts/retrain_bundled.py --only ring grid                   # no data needed
     python scripts/retrain_bundled.py --only mnist --data ~/data/mnist --compare-gan
+    python scripts/retrain_bundled.py --table        # the README's results tables
 """
 from __future__ import annotations
 
@@ -122,6 +123,45 @@ def _forget_local_paths(target: Path, checkpoint: Path) -> None:
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 
+def results_table() -> str:
+    """The README's results tables (Markdown), from the bundled models' quality.json files."""
+    cards = {name: json.loads((PACKAGE_DIR / name / "quality.json").read_text())
+             for name in BUNDLED if (PACKAGE_DIR / name / "quality.json").is_file()}
+    recipes = {name: json.loads((PACKAGE_DIR / name / "recipe.json").read_text())
+               for name in cards}
+    lines = []
+    if "mnist" in cards:
+        corruptions = ("noise", "blur", "inverted", "shifted")
+        lines += ["| mnist | classes | class KL | confident | Fréchet | "
+                  + " | ".join(f"AUROC {c}" for c in corruptions) + " | train | command |",
+                  "|---" * (7 + len(corruptions)) + "|"]
+        rows = [("**DDGM (bundled)**", cards["mnist"], recipes["mnist"]["train_seconds"],
+                 recipes["mnist"]["command"])]
+        gan = cards["mnist"].get("compare", {}).get("gan")
+        if gan:
+            rows.append(("GAN objective, same nets", gan, gan["train_seconds"], gan["command"]))
+        for label, q, seconds, command in rows:
+            lines.append(f"| {label} | {q['classes_covered']}/10 | {q['class_kl_uniform']:.3f} | "
+                         f"{100 * q['confident_share']:.1f} % | {q['frechet_distance']:.0f} | "
+                         + " | ".join(f"{q['anomaly']['energy'][c]:.3f}" for c in corruptions)
+                         + f" | {seconds:.0f} s | `{command}` |")
+        pca = cards["mnist"]["anomaly"]["pca"]
+        lines.append(f"| PCA-50 reconstruction error | – | – | – | – | "
+                     + " | ".join(f"{pca[c]:.3f}" for c in corruptions)
+                     + " | – | `ebgen eval mnist --data MNIST_DIR --anomaly` |")
+        lines.append("")
+    points = [n for n in ("ring", "grid") if n in cards]
+    if points:
+        lines += ["| 2-D model | modes | HQ % | grid KL | train | command |",
+                  "|---|---|---|---|---|---|"]
+        for name in points:
+            q, r = cards[name], recipes[name]
+            lines.append(f"| {name} | {q['modes']}/{q['num_modes']} | "
+                         f"{100 * q['high_quality']:.1f} | {q['kl_data_energy']:.2f} | "
+                         f"{r['train_seconds']:.0f} s | `{r['command']}` |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="MNIST IDX folder (for mnist)")
@@ -129,7 +169,12 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/bundled", help="where checkpoints go")
     parser.add_argument("--compare-gan", action="store_true",
                         help="also train and measure the GAN objective on the same nets")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the README's results tables from the bundled models")
     args = parser.parse_args()
+    if args.table:
+        print(results_table())
+        return
     started = time.perf_counter()
     for name in args.only:
         t0 = time.perf_counter()
