@@ -98,8 +98,8 @@ def test_replay_install_and_start(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     bin_dir = venv / "bin"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PIP_NO_CACHE_DIR="1",
-               **args, **environment(steps))
+    env.update({**args, **environment(steps), "PIP_NO_CACHE_DIR": "1",
+                "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"})
     replacements = {"/srv/torchserve": str(workdir)}
     for kind, arg in steps:
         if kind == "COPY":
