@@ -35,8 +35,9 @@ from .options import device_option, model_arguments, pick_model
               help="TorchServe only: config, keys (key_file.json) and logs. (default: a new "
                    "temporary folder)")
 @device_option()
-def serve_command(model, model_option, engine, host, port, workers, max_batch_size, max_delay_ms, max_queue,
-                  max_samples, max_body_mb, no_auth, workdir, device) -> None:
+def serve_command(model, model_option, engine, host, port, workers, max_batch_size,
+                  max_delay_ms, max_queue, max_samples, max_body_mb, no_auth, workdir,
+                  device) -> None:
     """Serve generation and energy scoring over HTTP on 127.0.0.1.
 
     MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache

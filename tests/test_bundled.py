@@ -76,6 +76,10 @@ def test_generate_without_a_model_writes_mnist_digits(tmp_path):
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "samples.png").read_bytes()
     both = run("generate", "ring", "--model", "mnist", "--out", tmp_path / "x.npy")
     assert both.exit_code == 2 and "two models" in both.output
+    by_env = CliRunner().invoke(cli, ["generate", "-n", "5", "--out", str(tmp_path / "r.npy")],
+                                env={"EBGEN_MODEL": "ring"})
+    assert by_env.exit_code == 0, by_env.output
+    assert np.load(tmp_path / "r.npy").shape == (5, 2)  # the ring model, named by $EBGEN_MODEL
 
 
 def test_bundled_mnist_makes_recognisable_digits_of_every_class():

@@ -54,6 +54,21 @@ def test_checkpoint_round_trip(tmp_path):
     assert "energy_optimizer" in load_trainer_state(tmp_path)
 
 
+def test_data_base_is_fitted_on_the_training_data_and_kept_in_the_checkpoint(tmp_path):
+    config = preset_config("tiny", steps=2, base="data")
+    train(config, tmp_path, progress=False)
+    loaded, energy, _, _ = load_checkpoint(tmp_path)
+    assert loaded.model.base == "data"
+    from ebgen.data import load_data
+
+    data, _ = load_data(config.data, config.model, seed=config.train.seed)
+    x = data.batch(torch.arange(len(data))).flatten(1).double()
+    assert torch.allclose(energy.base_mean.double(), x.mean(0), atol=1e-5)
+    floor = config.model.base_min_variance
+    assert torch.allclose(energy.base_precision.double(), 1 / x.var(0, unbiased=False)
+                          .clamp_min(floor), rtol=1e-4)
+
+
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     train(preset_config("tiny", steps=30, checkpoint_every=100), tmp_path / "straight",
           progress=False)
