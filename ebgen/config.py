@@ -91,10 +91,14 @@ class TrainConfig:
     entropy_weight: float = 1.0   # weight of H(G) in the generator loss
     entropy: str = "bn"           # entropy estimate: "bn" (batch-norm scales), "mi" (mutual
     #                               information, Kumar et al.) or "knn" (nearest neighbours)
-    entropy_neighbours: int = 3   # k of the "knn" estimate
+    entropy_neighbours: int = 3   # k of the nearest-neighbour estimates (knn, calibration)
     lr_decay: bool = False        # decay both learning rates linearly to 0 over `steps`
     gradient_penalty: float = 0.0 # R1: weight of ½‖∇ₓE‖² at data points (0 = off)
     energy_magnitude: float = 0.0 # weight of mean(E_data² + E_samples²) (0 = off)
+    score_matching: float = 0.0   # weight of denoising score matching at noisy data (0 = off)
+    score_matching_std: float = 0.01  # its noise std, in data units
+    calibration: float = 0.0      # weight of the importance-weighted likelihood of the data
+    #                               batch, which sets each well's depth (low-D data only; 0 = off)
     seed: int = 0
     device: str = "auto"          # "auto", "cpu", "cuda", "cuda:N"
     amp: bool = True              # bf16 autocast when on CUDA

@@ -31,14 +31,12 @@ def batchnorm_entropy(generator: Generator) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
-def knn_entropy(x: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Kozachenko–Leonenko nearest-neighbour estimate of H from a batch of samples (nats).
+def knn_log_density(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Kozachenko–Leonenko nearest-neighbour log-density of each sample of a batch (nats).
 
-    H ≈ ψ(n) − ψ(k) + log V_d + (d/n) Σᵢ log ρᵢ, with ρᵢ the distance from sample i to its k-th
-    nearest neighbour in the batch and V_d the volume of the unit d-ball. Differentiable in x:
-    its gradient pushes each sample away from its neighbours, at the scale of the samples'
-    spread, so the generator's spread settles where the energy's pull balances it. Suited to
-    low-dimensional outputs (2-D points); in pixel space prefer `bn` or `mi`.
+    log p(xᵢ) ≈ ψ(k) − ψ(n) − log V_d − d log ρᵢ, with ρᵢ the distance from sample i to its k-th
+    nearest neighbour in the batch and V_d the volume of the unit d-ball. Differentiable in x.
+    Suited to low-dimensional samples (2-D points), not to pixel space.
     """
     flat = x.flatten(1).float()
     n, d = flat.shape
@@ -50,7 +48,44 @@ def knn_entropy(x: torch.Tensor, k: int = 3) -> torch.Tensor:
     kth = dist2.topk(k, dim=1, largest=False).values[:, -1]
     harmonic = lambda m: sum(1.0 / i for i in range(1, m))  # ψ(m) + γ
     log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
-    return harmonic(n) - harmonic(k) + log_unit_ball + 0.5 * d * torch.log(kth).mean()
+    return harmonic(k) - harmonic(n) - log_unit_ball - 0.5 * d * torch.log(kth)
+
+
+def knn_entropy(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Kozachenko–Leonenko estimate of H = −mean log p(xᵢ) from a batch of samples (nats).
+
+    Differentiable in x: its gradient pushes each sample away from its neighbours, at the scale
+    of the samples' spread, so the generator's spread settles where the energy's pull balances
+    it. Suited to low-dimensional outputs (2-D points); in pixel space prefer `bn` or `mi`.
+    """
+    return -knn_log_density(x, k).mean()
+
+
+def importance_weights(energies: torch.Tensor, x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Self-normalised weights ∝ exp(−E(xᵢ)) / q(xᵢ) of a batch x drawn from q (no gradient).
+
+    Σ wᵢ f(xᵢ) then estimates the mean of f under p_E ∝ exp(−E). q is estimated from the batch
+    itself by `knn_log_density`, so this suits low-dimensional data only. Uniform when
+    q ∝ exp(−E).
+    """
+    with torch.no_grad():
+        log_w = -energies.float() - knn_log_density(x, k)
+        # Truncated importance sampling: no sample may outweigh the √n-th heaviest, so at
+        # least √n samples share the largest weight and one stray sample in a sparse region
+        # cannot take the whole estimate.
+        cap = log_w.topk(max(1, round(len(log_w) ** 0.5))).values[-1]
+        return torch.softmax(log_w.clamp_max(cap), dim=0)
+
+
+def calibration_loss(energy_data: torch.Tensor, x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Likelihood with the data batch as its own importance sampler: mean E(xᵢ) − Σ wᵢ E(xᵢ).
+
+    With w from `importance_weights`, its gradient is the likelihood gradient restricted to
+    where data lie: a well holding more of exp(−E)'s mass than the data's share (too deep) is
+    raised, a too-shallow one lowered. Score matching fixes each well's shape but is blind to
+    how deep separated wells are; this fixes their depths. Zero when exp(−E) ∝ p_data.
+    """
+    return energy_data.mean() - (importance_weights(energy_data, x, k) * energy_data).sum()
 
 
 def energy_loss(energy_data: torch.Tensor, energy_samples: torch.Tensor) -> torch.Tensor:
@@ -75,12 +110,27 @@ def gan_generator_loss(energy_samples: torch.Tensor) -> torch.Tensor:
     return F.softplus(energy_samples).mean()
 
 
-def gradient_penalty(energy_data: torch.Tensor, inputs: torch.Tensor, num_data: int
-                     ) -> torch.Tensor:
-    """R1, zero-centred: ½ mean ‖∇ₓ E(x)‖² over the first `num_data` rows of `inputs` (the data).
+def input_gradients(energies: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """∇ₓE for every row of `inputs` (which must require grad), kept differentiable.
 
-    `inputs` must require grad and `energy_data` must be E of those rows; the penalty is
-    differentiable (double backward), so it shapes the energy around the data.
+    Rows are independent (the energy has no batch norm), so one backward pass of the summed
+    energies gives each row its own gradient; `create_graph` lets penalties on it train E.
     """
-    (grad,) = torch.autograd.grad(energy_data.sum(), inputs, create_graph=True)
-    return 0.5 * grad[:num_data].flatten(1).pow(2).sum(1).mean()
+    (grad,) = torch.autograd.grad(energies.sum(), inputs, create_graph=True)
+    return grad
+
+
+def gradient_penalty(grad_data: torch.Tensor) -> torch.Tensor:
+    """R1, zero-centred: ½ mean ‖∇ₓE(x)‖² over data rows (`grad_data` from `input_gradients`)."""
+    return 0.5 * grad_data.flatten(1).pow(2).sum(1).mean()
+
+
+def score_matching(grad_noisy: torch.Tensor, noise: torch.Tensor, std: float) -> torch.Tensor:
+    """Denoising score matching (Vincent 2011) of E at x̃ = x + std·ε, scaled by std².
+
+    ½ mean ‖std·∇E(x̃) − ε‖²: minimised when ∇E is the score of the data smoothed by N(0, std²),
+    i.e. when exp(−E) is that density up to a constant, so it calibrates the energy's wells
+    (their width and depth) where the contrastive DDGM term only fixes where they are. Its
+    fixed point agrees with maximum likelihood, which the DDGM energy step also seeks.
+    """
+    return 0.5 * (std * grad_noisy - noise).flatten(1).pow(2).sum(1).mean()

@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from ebgen.config import ModelConfig, preset_config
 from ebgen.errors import EbgenError
-from ebgen.losses import gradient_penalty, knn_entropy
+from ebgen.losses import (calibration_loss, gradient_penalty, importance_weights, input_gradients,
+                          knn_entropy, knn_log_density, score_matching)
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.train import Trainer, train
 
@@ -34,8 +35,52 @@ def test_knn_entropy_of_uniform_square_and_its_gradient_spreads_samples():
 def test_r1_penalty_closed_form():
     x = torch.randn(16, 2, requires_grad=True)
     energy = 0.5 * x.pow(2).sum(1)  # ∇E = x
-    assert gradient_penalty(energy, x, 16).item() == pytest.approx(
+    assert gradient_penalty(input_gradients(energy, x)).item() == pytest.approx(
         0.5 * x.detach().pow(2).sum(1).mean().item(), rel=1e-5)
+
+
+def test_score_matching_is_zero_exactly_for_the_smoothed_density():
+    # Data at the origin, smoothed by N(0, std²): E = ½‖x‖²/std² is its exact energy, so the
+    # denoising target ε is met row by row; a wider or narrower well is penalised.
+    torch.manual_seed(0)
+    std, noise = 0.1, torch.randn(256, 2)
+    losses = {}
+    for width in (0.05, 0.1, 0.2):
+        noisy = (std * noise).requires_grad_()
+        energy = 0.5 * noisy.pow(2).sum(1) / width ** 2
+        losses[width] = score_matching(input_gradients(energy, noisy), noise, std).item()
+    assert losses[0.1] == pytest.approx(0.0, abs=1e-10)
+    assert losses[0.05] > 0.1 and losses[0.2] > 0.1
+
+
+def test_importance_weights_favour_the_deeper_well_and_cap_strays():
+    # Two equal clusters of samples (equal p_G); the energy makes well A 2 nats deeper, so
+    # exp(−E)/p_G puts up to e² ≈ 7.4 times more weight on A's samples than on B's (less after
+    # the truncation, which caps the heaviest weights).
+    torch.manual_seed(0)
+    a = torch.randn(200, 2) * 0.05
+    b = torch.randn(200, 2) * 0.05 + torch.tensor([3.0, 0.0])
+    energy = torch.cat([torch.zeros(200), torch.full((200,), 2.0)])
+    w = importance_weights(energy, torch.cat([a, b]))
+    assert w.sum().item() == pytest.approx(1.0)
+    assert 3 < w[:200].sum() / w[200:].sum() < math.e ** 2 * 1.3
+    # A lone sample far from the rest (tiny p_G) with a low energy cannot take the batch.
+    stray = torch.cat([a, torch.tensor([[10.0, 10.0]])])
+    w = importance_weights(torch.cat([torch.zeros(200), torch.tensor([-5.0])]), stray)
+    assert w[-1].item() < 0.1
+
+
+def test_calibration_raises_the_too_deep_well_and_vanishes_when_calibrated():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(200, 2) * 0.05, torch.randn(200, 2) * 0.05 + 3.0])
+    # Equal data in both clusters, but well A is 2 nats deeper: descent must raise A, lower B.
+    energy = torch.cat([torch.zeros(200), torch.full((200,), 2.0)]).requires_grad_()
+    calibration_loss(energy, x).backward()
+    assert energy.grad[:200].sum() < 0 < energy.grad[200:].sum()
+    # Energies equal to −log of the batch's own density estimate: already calibrated.
+    energy = (-knn_log_density(x)).requires_grad_()
+    calibration_loss(energy, x).backward()
+    assert energy.grad.abs().max().item() < 1e-6
 
 
 def test_mi_estimate_separates_dependent_from_independent_pairs():

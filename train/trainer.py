@@ -26,7 +26,8 @@ from ebgen.evaluate import energy_function
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gan_generator_loss, generator_loss, gradient_penalty,
-                          knn_entropy)
+                          calibration_loss, input_gradients, knn_entropy,
+                          score_matching)
 from ebgen.models import build_models
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
@@ -133,17 +134,31 @@ class Trainer:
         self.generator_opt.step()
         if self.statistics is not None:
             self.statistics_opt.step()
-        # Energy step on data and the (pre-update) samples, in one forward pass.
+        # Energy step on data, the (pre-update) samples and noisy data, in one forward pass.
         with self._autocast():
-            both = torch.cat([x, x_fake.detach()]).requires_grad_(cfg.gradient_penalty > 0)
-            energies = self.energy(both)
-            energy_data, energy_samples = energies[:len(x)], energies[len(x):]
+            n = len(x)
+            parts = [x, x_fake.detach()]
+            if cfg.score_matching > 0:
+                noise = torch.randn_like(x)
+                parts.append(x + cfg.score_matching_std * noise)
+            inputs = torch.cat(parts).requires_grad_(
+                cfg.gradient_penalty > 0 or cfg.score_matching > 0)
+            energies = self.energy(inputs)
+            energy_data, energy_samples = energies[:n], energies[n:2 * n]
             if cfg.objective == "ddgm":
                 loss_e = energy_loss(energy_data, energy_samples)
+                if cfg.calibration > 0:
+                    loss_e = loss_e + cfg.calibration * calibration_loss(
+                        energy_data, x, cfg.entropy_neighbours)
             else:
                 loss_e = gan_discriminator_loss(energy_data, energy_samples)
-            if cfg.gradient_penalty > 0:
-                loss_e = loss_e + cfg.gradient_penalty * gradient_penalty(energy_data, both, len(x))
+            if inputs.requires_grad:
+                grad = input_gradients(energies, inputs)
+                if cfg.gradient_penalty > 0:
+                    loss_e = loss_e + cfg.gradient_penalty * gradient_penalty(grad[:n])
+                if cfg.score_matching > 0:
+                    loss_e = loss_e + cfg.score_matching * score_matching(
+                        grad[2 * n:], noise, cfg.score_matching_std)
             if cfg.energy_magnitude > 0:
                 loss_e = loss_e + cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                           + energy_samples.pow(2).mean())
