@@ -172,7 +172,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         dict(kind="image", image_size=28, channels=1, z_dim=100, num_experts=128,
              energy_width=32, generator_width=32, base="data"),
         dict(dataset="mnist"),
-        dict(steps=16000, batch_size=64, lr_energy=5e-4, lr_generator=5e-4, beta2=0.999,
+        dict(steps=28000, batch_size=64, lr_energy=5e-4, lr_generator=5e-4, beta2=0.999,
              entropy="mi", gradient_penalty=0.1, lr_decay=True, sample_every=2000,
              checkpoint_every=2000)),
     "cifar10": _preset(

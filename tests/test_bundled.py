@@ -91,9 +91,9 @@ def test_bundled_mnist_makes_recognisable_digits_of_every_class():
     metrics = image_metrics(model.generate(2000, seed=1), real)
     assert metrics["classes_covered"] == 10
     assert metrics["class_kl_uniform"] <= 0.05
-    # Issue 6 asks for >= 80 %; the shipped model measures 79.5 % on 10,000 samples.
-    assert metrics["confident_share"] >= 0.75
-    assert metrics["frechet_distance"] < 100  # the GAN on the same nets: 958
+    # Issue 6's goal; the shipped model measures 83.9 % on 10,000 samples (83.6 % here).
+    assert metrics["confident_share"] >= 0.80
+    assert metrics["frechet_distance"] < 50  # 16 on 10,000 samples; the GAN's: 964
 
 
 def test_score_a_real_digit_and_noise_with_the_bundled_model(tmp_path):
