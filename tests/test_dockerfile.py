@@ -150,12 +150,31 @@ def test_replay_install_and_start(tmp_path):
             **auth, "Content-Type": "application/json"}, timeout=60).status_code == 400
         assert "ready" in (tmp_path / "serve.log").read_text()
     finally:
+        # `docker stop` sends SIGTERM: ebgen serve stops TorchServe itself. (Not SIGINT: a
+        # shell that runs the suite in the background starts it with SIGINT ignored.)
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)   # Ctrl-C: ebgen serve stops TorchServe itself
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            _kill_tree(proc)
         log.close()
     assert proc.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` and all its descendants, TorchServe's java (its own session) included,
+    so a failed test cannot leave a TorchServe behind to block the next one."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(10)
