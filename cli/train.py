@@ -49,13 +49,13 @@ from .options import device_option, seed_option
 @click.option("--energy-magnitude", type=float, default=None,
               help="Weight of mean(E_data² + E_samples²). (default: 0)")
 @click.option("--score-matching", type=float, default=None,
-              help="Weight of denoising score matching of E at noisy data: calibrates the "
-                   "energy's density. (default: from preset)")
+              help="Weight of denoising score matching of E at noisy data: shapes each energy "
+                   "well. (default: from preset)")
+@click.option("--score-matching-std", type=float, default=None,
+              help="Noise std of --score-matching, in data units. (default: 0.01)")
 @click.option("--calibration", type=float, default=None,
               help="Weight of the data batch's importance-weighted likelihood: sets how deep "
                    "each energy well is (low-D data only). (default: from preset)")
-@click.option("--score-matching-std", type=float, default=None,
-              help="Noise std of --score-matching, in data units. (default: 0.01)")
 @click.option("--lr-decay/--no-lr-decay", default=None,
               help="Decay learning rates linearly to 0. (default: from preset)")
 @click.option("--noise-std", type=float, default=None,

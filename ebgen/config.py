@@ -114,6 +114,14 @@ class TrainConfig:
             raise EbgenError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.entropy not in ENTROPY_ESTIMATES:
             raise EbgenError(f"entropy must be one of {ENTROPY_ESTIMATES}, got {self.entropy!r}")
+        weights = {"score_matching": self.score_matching, "calibration": self.calibration,
+                   "gradient_penalty": self.gradient_penalty,
+                   "energy_magnitude": self.energy_magnitude}
+        for name, value in weights.items():
+            if value < 0:
+                raise EbgenError(f"{name} is a weight and must be >= 0, got {value}")
+        if self.score_matching_std <= 0:
+            raise EbgenError(f"score_matching_std must be > 0, got {self.score_matching_std}")
         if self.steps < 0 or self.batch_size < 2:
             raise EbgenError("steps must be >= 0 and batch size >= 2 (batch norm needs 2)")
 

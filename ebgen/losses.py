@@ -128,9 +128,8 @@ def gradient_penalty(grad_data: torch.Tensor) -> torch.Tensor:
 def score_matching(grad_noisy: torch.Tensor, noise: torch.Tensor, std: float) -> torch.Tensor:
     """Denoising score matching (Vincent 2011) of E at x̃ = x + std·ε, scaled by std².
 
-    ½ mean ‖std·∇E(x̃) − ε‖²: minimised when ∇E is the score of the data smoothed by N(0, std²),
-    i.e. when exp(−E) is that density up to a constant, so it calibrates the energy's wells
-    (their width and depth) where the contrastive DDGM term only fixes where they are. Its
-    fixed point agrees with maximum likelihood, which the DDGM energy step also seeks.
+    ½ mean ‖std·∇E(x̃) − ε‖²: minimised when ∇E is the score of the data smoothed by N(0, std²).
+    It shapes each energy well (its width) where the contrastive DDGM term only fixes where the
+    wells are; being local, it cannot tell how deep separated wells are (`calibration_loss`).
     """
     return 0.5 * (std * grad_noisy - noise).flatten(1).pow(2).sum(1).mean()

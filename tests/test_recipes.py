@@ -146,3 +146,26 @@ def test_gan_objective_builds_no_statistics_network(tmp_path):
     trainer = Trainer(preset_config("toy2d", objective="gan", steps=1), tmp_path, progress=False)
     assert trainer.config.train.entropy == "mi" and trainer.statistics is None
     assert trainer.train_step()["entropy"].isfinite()  # logs the cheap batch-norm estimate
+
+
+def _energy_loss_after_one_step(tmp_path, **terms) -> float:
+    config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
+                           generator_width=16, num_experts=8, num_points=2048, **terms)
+    out = tmp_path / "_".join(f"{k}{v}" for k, v in terms.items())
+    return Trainer(config, out, progress=False).train_step()["loss_energy"].item()
+
+
+def test_score_matching_and_calibration_enter_the_energy_step(tmp_path):
+    plain = _energy_loss_after_one_step(tmp_path, gradient_penalty=0.0)
+    # Same seed, same draws: only the added term changes the energy loss.
+    assert _energy_loss_after_one_step(tmp_path, gradient_penalty=0.0, score_matching=1.0) > plain
+    assert _energy_loss_after_one_step(tmp_path, gradient_penalty=0.0, calibration=1.0) != plain
+
+
+def test_bad_energy_terms_are_refused_clearly(tmp_path):
+    with pytest.raises(EbgenError, match="score_matching is a weight"):
+        preset_config("toy2d", score_matching=-1.0)
+    with pytest.raises(EbgenError, match="score_matching_std must be > 0"):
+        preset_config("toy2d", score_matching_std=0.0)
+    with pytest.raises(EbgenError, match="--calibration needs low-dimensional"):
+        Trainer(preset_config("tiny", calibration=1.0), tmp_path, progress=False)

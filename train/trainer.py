@@ -44,6 +44,9 @@ class Trainer:
     def __init__(self, config: Config, out_dir: str | Path, resume: bool = False,
                  progress: bool = True) -> None:
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
+        if config.train.calibration > 0 and config.model.kind != "points":
+            raise EbgenError("--calibration needs low-dimensional (points) data: its "
+                             "nearest-neighbour densities mean nothing in pixel space")
         self.runtime = setup_runtime(config.train.device)
         self.device = self.runtime.device
         self.amp = config.train.amp and self.device.type == "cuda"
