@@ -8,6 +8,7 @@ KL(p_data ‖ p_E). Runs go in parallel processes (one thread each). Prints a Ma
     python benchmarks/ablation_2d.py --jobs 2                       # the README table
     python benchmarks/ablation_2d.py --variants default,paper,gan --seeds 0 --steps 2000
     python benchmarks/ablation_2d.py --variant "mine:entropy_weight=0.5,gradient_penalty=1"
+    python benchmarks/ablation_2d.py --from-json default.json paper.json   # one table, no runs
 """
 from __future__ import annotations
 
@@ -105,10 +106,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="(default: the preset's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", default=None, help="write every run's figures here")
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                        help="train nothing: print the table of earlier --json files together")
     args = parser.parse_args()
+    datasets = args.datasets.split(",")
+    if args.from_json:
+        saved = [r for path in args.from_json for r in json.load(open(path))]
+        print(table(saved, datasets))
+        return
     variants = {name: VARIANTS[name] for name in filter(None, args.variants.split(","))}
     variants.update(parse_variant(spec) for spec in args.variant)
-    datasets = args.datasets.split(",")
     jobs = [(name, overrides, dataset, int(seed), args.steps)
             for name, overrides in variants.items() for dataset in datasets
             for seed in args.seeds.split(",")]

@@ -2,7 +2,8 @@
 
 Prints steps/s and samples/s per configuration and the step time relative to the first row
 (a plain GAN on the same nets): DDGM with the paper's recipe (batch-norm entropy) and with
-the preset's default recipe, and on CUDA fp32 vs bf16 autocast.
+the preset's default recipe — before and after its handover from R1 to score matching and
+calibration (`calibrate_from`) where the preset has one — and on CUDA fp32 vs bf16 autocast.
 
     python benchmarks/train_speed.py --preset toy2d --steps 200
     python benchmarks/train_speed.py --preset mnist --device cuda --steps 300
@@ -23,7 +24,9 @@ from ebgen.train import Trainer
 VARIANTS = [("gan plain", {"objective": "gan", "recipe": "paper"}),  # no R1
             ("gan", {"objective": "gan"}),                       # the preset's R1 + lr decay
             ("ddgm paper", {"recipe": "paper"}),
-            ("ddgm default", {})]
+            ("ddgm default", {}),                                # before the handover: R1
+            # After `calibrate_from` (toy2d): score matching and calibration instead of R1.
+            ("ddgm calib.", {"gradient_penalty": 0.0, "calibrate_from": 0.0})]
 
 
 def measure(preset: str, variants: list[tuple[str, dict]], device: str, amp: bool, steps: int,
@@ -63,13 +66,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    variants = VARIANTS
+    if not preset_config(args.preset).train.calibrate_from:  # no handover: one default row
+        variants = [v for v in VARIANTS if v[0] != "ddgm calib."]
     rows = []
     amps = [False, True] if args.device.startswith("cuda") else [False]
     for amp in amps:
-        rates = measure(args.preset, VARIANTS, args.device, amp, args.steps, args.warmup,
+        rates = measure(args.preset, variants, args.device, amp, args.steps, args.warmup,
                         args.data, args.repeats)
         rows += [(name, "bf16" if amp else "fp32", rate)
-                 for (name, _), rate in zip(VARIANTS, rates)]
+                 for (name, _), rate in zip(variants, rates)]
     batch = preset_config(args.preset).train.batch_size
     print(f"preset {args.preset}, device {args.device}, batch {batch}, torch {torch.__version__}")
     print(f"{'variant':<14}{'precision':<11}{'steps/s':>10}{'samples/s':>12}{'step time':>11}")

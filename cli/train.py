@@ -50,12 +50,16 @@ from .options import device_option, seed_option
               help="Weight of mean(E_data² + E_samples²). (default: 0)")
 @click.option("--score-matching", type=float, default=None,
               help="Weight of denoising score matching of E at noisy data: shapes each energy "
-                   "well. (default: from preset)")
+                   "well (ddgm only). (default: from preset)")
 @click.option("--score-matching-std", type=float, default=None,
               help="Noise std of --score-matching, in data units. (default: 0.01)")
 @click.option("--calibration", type=float, default=None,
               help="Weight of the data batch's importance-weighted likelihood: sets how deep "
-                   "each energy well is (low-D data only). (default: from preset)")
+                   "each energy well is (ddgm, low-D data only). (default: from preset)")
+@click.option("--calibrate-from", type=float, default=None, metavar="SHARE",
+              help="Share of --steps (0–1) after which --score-matching and --calibration take "
+                   "over from --gradient-penalty; 0 runs all three throughout. "
+                   "(default: from preset)")
 @click.option("--lr-decay/--no-lr-decay", default=None,
               help="Decay learning rates linearly to 0. (default: from preset)")
 @click.option("--noise-std", type=float, default=None,

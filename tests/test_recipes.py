@@ -1,5 +1,9 @@
 """The stabilising ingredients of the default recipe, and the recipes themselves."""
+import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +113,9 @@ def test_recipes_and_their_errors():
     assert default.train.lr_decay
     assert (paper.train.entropy, paper.train.gradient_penalty, paper.train.lr_decay) == (
         "bn", 0.0, False)
+    assert default.train.score_matching > 0 and default.train.calibration > 0
+    assert 0 < default.train.calibrate_from < 1
+    assert (paper.train.score_matching, paper.train.calibration) == (0.0, 0.0)
     assert paper.train.recipe == "paper"
     assert preset_config("toy2d", recipe="paper", entropy="knn").train.entropy == "knn"
     with pytest.raises(EbgenError, match="unknown recipe"):
@@ -146,20 +153,24 @@ def test_gan_objective_builds_no_statistics_network(tmp_path):
     trainer = Trainer(preset_config("toy2d", objective="gan", steps=1), tmp_path, progress=False)
     assert trainer.config.train.entropy == "mi" and trainer.statistics is None
     assert trainer.train_step()["entropy"].isfinite()  # logs the cheap batch-norm estimate
+    trainer.step = trainer.config.train.steps  # past the handover: still R1 only
+    assert trainer._energy_term_weights() == (trainer.config.train.gradient_penalty, 0.0, 0.0)
 
 
 def _energy_loss_after_one_step(tmp_path, **terms) -> float:
+    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0,
+                   calibrate_from=0.0) | terms
     config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
-                           generator_width=16, num_experts=8, num_points=2048, **terms)
+                           generator_width=16, num_experts=8, num_points=2048, **weights)
     out = tmp_path / "_".join(f"{k}{v}" for k, v in terms.items())
     return Trainer(config, out, progress=False).train_step()["loss_energy"].item()
 
 
 def test_score_matching_and_calibration_enter_the_energy_step(tmp_path):
-    plain = _energy_loss_after_one_step(tmp_path, gradient_penalty=0.0)
+    plain = _energy_loss_after_one_step(tmp_path)
     # Same seed, same draws: only the added term changes the energy loss.
-    assert _energy_loss_after_one_step(tmp_path, gradient_penalty=0.0, score_matching=1.0) > plain
-    assert _energy_loss_after_one_step(tmp_path, gradient_penalty=0.0, calibration=1.0) != plain
+    assert _energy_loss_after_one_step(tmp_path, score_matching=1.0) > plain
+    assert _energy_loss_after_one_step(tmp_path, calibration=1.0) != plain
 
 
 def test_bad_energy_terms_are_refused_clearly(tmp_path):
@@ -169,3 +180,42 @@ def test_bad_energy_terms_are_refused_clearly(tmp_path):
         preset_config("toy2d", score_matching_std=0.0)
     with pytest.raises(EbgenError, match="--calibration needs low-dimensional"):
         Trainer(preset_config("tiny", calibration=1.0), tmp_path, progress=False)
+
+
+def test_calibrate_from_hands_r1_over_to_score_matching_and_calibration(tmp_path):
+    config = preset_config("toy2d", steps=10, batch_size=32, z_dim=4, energy_width=16,
+                           generator_width=16, num_experts=8, num_points=2048,
+                           gradient_penalty=0.01, score_matching=10.0, calibration=3.0,
+                           calibrate_from=0.5)
+    trainer = Trainer(config, tmp_path / "handover", progress=False)
+    weights = []
+    for _ in range(config.train.steps):
+        weights.append(trainer._energy_term_weights())
+        trainer.train_step()
+    assert weights[:5] == [(0.01, 0.0, 0.0)] * 5 and weights[5:] == [(0.0, 10.0, 3.0)] * 5
+    config.train.calibrate_from = 0.0  # 0: all three from the start
+    assert Trainer(config, tmp_path / "together", progress=False)._energy_term_weights() == (
+        0.01, 10.0, 3.0)
+    with pytest.raises(EbgenError, match="calibrate_from is a share"):
+        preset_config("toy2d", calibrate_from=1.0)
+
+
+@pytest.mark.slow
+def test_ablation_benchmark_smoke_and_table_from_json(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_2d.py"
+    results = tmp_path / "runs.json"
+    common = [sys.executable, str(script), "--datasets", "8gaussians"]
+    done = subprocess.run(common + ["--variants", "paper", "--variant", "mine:gradient_penalty=1",
+                                    "--seeds", "0", "--steps", "3", "--jobs", "1",
+                                    "--json", str(results)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = json.loads(results.read_text())
+    assert [(r["variant"], r["steps"], r["num_modes"]) for r in runs] == [
+        ("paper", 3, 8), ("mine", 3, 8)]
+    assert runs[1]["overrides"] == {"gradient_penalty": 1}
+    table = done.stdout[done.stdout.index("| variant |"):]
+    again = subprocess.run(common + ["--from-json", str(results)], capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == table
+    assert "| paper | " in table and "| mine | " in table

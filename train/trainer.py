@@ -138,30 +138,30 @@ class Trainer:
         if self.statistics is not None:
             self.statistics_opt.step()
         # Energy step on data, the (pre-update) samples and noisy data, in one forward pass.
+        r1, sm, cal = self._energy_term_weights()
         with self._autocast():
             n = len(x)
             parts = [x, x_fake.detach()]
-            if cfg.score_matching > 0:
+            if sm > 0:
                 noise = torch.randn_like(x)
                 parts.append(x + cfg.score_matching_std * noise)
-            inputs = torch.cat(parts).requires_grad_(
-                cfg.gradient_penalty > 0 or cfg.score_matching > 0)
+            inputs = torch.cat(parts).requires_grad_(r1 > 0 or sm > 0)
             energies = self.energy(inputs)
             energy_data, energy_samples = energies[:n], energies[n:2 * n]
             if cfg.objective == "ddgm":
                 loss_e = energy_loss(energy_data, energy_samples)
-                if cfg.calibration > 0:
-                    loss_e = loss_e + cfg.calibration * calibration_loss(
-                        energy_data, x, cfg.entropy_neighbours)
+                if cal > 0:
+                    loss_e = loss_e + cal * calibration_loss(energy_data, x,
+                                                             cfg.entropy_neighbours)
             else:
                 loss_e = gan_discriminator_loss(energy_data, energy_samples)
             if inputs.requires_grad:
                 grad = input_gradients(energies, inputs)
-                if cfg.gradient_penalty > 0:
-                    loss_e = loss_e + cfg.gradient_penalty * gradient_penalty(grad[:n])
-                if cfg.score_matching > 0:
-                    loss_e = loss_e + cfg.score_matching * score_matching(
-                        grad[2 * n:], noise, cfg.score_matching_std)
+                if r1 > 0:
+                    loss_e = loss_e + r1 * gradient_penalty(grad[:n])
+                if sm > 0:
+                    loss_e = loss_e + sm * score_matching(grad[2 * n:], noise,
+                                                          cfg.score_matching_std)
             if cfg.energy_magnitude > 0:
                 loss_e = loss_e + cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                           + energy_samples.pow(2).mean())
@@ -211,6 +211,17 @@ class Trainer:
             self.save()
         teardown_runtime(self.runtime)
         return last
+
+    def _energy_term_weights(self) -> tuple[float, float, float]:
+        """This step's (R1, score matching, calibration) weights, per `calibrate_from`."""
+        cfg = self.config.train
+        if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
+            return cfg.gradient_penalty, 0.0, 0.0
+        if cfg.calibrate_from <= 0:
+            return cfg.gradient_penalty, cfg.score_matching, cfg.calibration
+        if self.step < cfg.calibrate_from * cfg.steps:
+            return cfg.gradient_penalty, 0.0, 0.0
+        return 0.0, cfg.score_matching, cfg.calibration
 
     def _set_learning_rates(self, factor: float) -> None:
         cfg = self.config.train
