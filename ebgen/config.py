@@ -95,10 +95,14 @@ class TrainConfig:
     lr_decay: bool = False        # decay both learning rates linearly to 0 over `steps`
     gradient_penalty: float = 0.0 # R1: weight of ½‖∇ₓE‖² at data points (0 = off)
     energy_magnitude: float = 0.0 # weight of mean(E_data² + E_samples²) (0 = off)
-    score_matching: float = 0.0   # weight of denoising score matching at noisy data (0 = off)
+    score_matching: float = 0.0   # weight of denoising score matching at noisy data (ddgm
+    #                               only, like `calibration`; 0 = off)
     score_matching_std: float = 0.01  # its noise std, in data units
     calibration: float = 0.0      # weight of the importance-weighted likelihood of the data
     #                               batch, which sets each well's depth (low-D data only; 0 = off)
+    calibrate_from: float = 0.0   # share of `steps` after which score matching and calibration
+    #                               take over from R1 (before: R1 only; after: no R1; 0 = all on
+    #                               from the start)
     seed: int = 0
     device: str = "auto"          # "auto", "cpu", "cuda", "cuda:N"
     amp: bool = True              # bf16 autocast when on CUDA
@@ -120,6 +124,9 @@ class TrainConfig:
         for name, value in weights.items():
             if value < 0:
                 raise EbgenError(f"{name} is a weight and must be >= 0, got {value}")
+        if not 0.0 <= self.calibrate_from < 1.0:
+            raise EbgenError(f"calibrate_from is a share of the steps in [0, 1), "
+                             f"got {self.calibrate_from}")
         if self.score_matching_std <= 0:
             raise EbgenError(f"score_matching_std must be > 0, got {self.score_matching_std}")
         if self.steps < 0 or self.batch_size < 2:
@@ -169,10 +176,11 @@ PRESETS: dict[str, dict[str, dict]] = {
              depth=3),
         dict(dataset="8gaussians"),
         # Measured in benchmarks/ablation_2d.py (README): the mutual-information entropy, a
-        # small R1 penalty and a linear learning-rate decay give full mode coverage.
+        # small R1 penalty and a linear learning-rate decay give full mode coverage; halfway,
+        # score matching and calibration take over from R1 and set each well's width and depth.
         dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
-             gradient_penalty=0.01, lr_decay=True, sample_every=5000, checkpoint_every=2000,
-             num_eval_samples=1000)),
+             gradient_penalty=0.01, score_matching=10.0, calibration=1.0, calibrate_from=0.5,
+             lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
     # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
     # models"): small nets (a few MB of ONNX), the data base (shifted digits score as
     # anomalies), MI entropy, a small R1 penalty and lr decay.
@@ -202,11 +210,12 @@ PRESETS: dict[str, dict[str, dict]] = {
 AUTHORS_ADAGRAD = dict(lr_energy=1e-3, lr_generator=2e-3, weight_decay=1e-5)
 
 #: Training recipes: field values applied on top of a preset (before explicit overrides).
-#: "paper" is Kim & Bengio as published: batch-norm entropy, no regularisers, constant rates.
+#: "paper" is Kim & Bengio as published: batch-norm entropy, no regularisers or calibration
+#: terms, constant rates.
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "paper": dict(entropy="bn", gradient_penalty=0.0, energy_magnitude=0.0, lr_decay=False,
-                  entropy_weight=1.0),
+    "paper": dict(entropy="bn", gradient_penalty=0.0, energy_magnitude=0.0, score_matching=0.0,
+                  calibration=0.0, calibrate_from=0.0, lr_decay=False, entropy_weight=1.0),
 }
 
 

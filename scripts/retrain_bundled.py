@@ -157,7 +157,7 @@ def results_table() -> str:
         for name in points:
             q, r = cards[name], recipes[name]
             lines.append(f"| {name} | {q['modes']}/{q['num_modes']} | "
-                         f"{100 * q['high_quality']:.1f} | {q['kl_data_energy']:.2f} | "
+                         f"{100 * q['high_quality']:.1f} | {q['kl_data_energy']:.3g} | "
                          f"{r['train_seconds']:.0f} s | `{r['command']}` |")
     return "\n".join(lines)
 

@@ -120,6 +120,8 @@ def test_bundled_2d_models_cover_every_mode(name, modes, high_quality):
     toy = get_toy_set(model.info["provenance"]["config"]["data"]["dataset"])
     got = mode_metrics(model.generate(2500, seed=0).astype(np.float64), toy.centers, toy.std)
     assert got["modes"] == modes and got["high_quality"] >= high_quality
+    report = json.loads(run("eval", name, "--json").output)  # the energy: a calibrated density
+    assert report["modes"] == modes and report["kl_data_energy"] < 0.5
 
 
 def test_eval_a_bundled_model_with_plots(tmp_path):
