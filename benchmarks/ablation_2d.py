@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 #: name → config overrides on top of the toy2d preset (the default recipe is the preset itself).
@@ -111,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     if args.from_json:
-        saved = [r for path in args.from_json for r in json.load(open(path))]
+        saved = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
         print(table(saved, datasets))
         return
     variants = {name: VARIANTS[name] for name in filter(None, args.variants.split(","))}
