@@ -1,16 +1,24 @@
 """Training-step speed, measured side by side in one run.
 
-Prints steps/s and samples/s per configuration and the step time relative to the first row
-(a plain GAN on the same nets): DDGM with the paper's recipe (batch-norm entropy) and with
-the preset's default recipe — before and after its handover from R1 to score matching and
-calibration (`calibrate_from`) where the preset has one — and on CUDA fp32 vs bf16 autocast.
+Prints steps/s and samples/s per configuration (median over repeats) and the step time
+relative to a plain GAN and to the preset's GAN (`--objective gan`: the preset's R1 and lr
+decay) on the same nets: DDGM with the paper's recipe (batch-norm entropy) and with the
+preset's default recipe — before and after its handover from R1 to score matching and
+calibration (`calibrate_from`) where the preset has one — each also without the MI entropy
+estimator ("-MI": batch-norm entropy), to show what MI costs; and on CUDA fp32 vs bf16
+autocast. The relative step time is the median,
+over repeats, of ratios taken within one repeat (each repeat runs every variant once, in a
+random order), with the range over repeats for the GAN column.
 
-    python benchmarks/train_speed.py --preset toy2d --steps 200
+    python benchmarks/train_speed.py --preset toy2d --steps 100 --repeats 15
+    OMP_NUM_THREADS=1 python benchmarks/train_speed.py --preset toy2d --steps 100 --repeats 15
     python benchmarks/train_speed.py --preset mnist --device cuda --steps 300
 """
 from __future__ import annotations
 
 import argparse
+import random
+import statistics
 import tempfile
 import time
 
@@ -20,21 +28,26 @@ from ebgen.config import preset_config
 from ebgen.train import Trainer
 
 
-#: (row name, preset_config overrides), first row the reference.
+#: (row name, preset_config overrides); the first two rows are the references.
+_CALIBRATING = {"gradient_penalty": 0.0, "calibrate_from": 0.0}  # after the handover
 VARIANTS = [("gan plain", {"objective": "gan", "recipe": "paper"}),  # no R1
             ("gan", {"objective": "gan"}),                       # the preset's R1 + lr decay
             ("ddgm paper", {"recipe": "paper"}),
             ("ddgm default", {}),                                # before the handover: R1
             # After `calibrate_from` (toy2d): score matching and calibration instead of R1.
-            ("ddgm calib.", {"gradient_penalty": 0.0, "calibrate_from": 0.0})]
+            ("ddgm calib.", _CALIBRATING),
+            ("ddgm default -MI", {"entropy": "bn"}),
+            ("ddgm calib. -MI", {"entropy": "bn", **_CALIBRATING})]
 
 
 def measure(preset: str, variants: list[tuple[str, dict]], device: str, amp: bool, steps: int,
-            warmup: int, data: str | None, repeats: int) -> list[float]:
-    """Best-of-`repeats` steps per second of `Trainer.train_step` per variant.
+            warmup: int, data: str | None, repeats: int) -> list[list[float]]:
+    """Steps per second of `Trainer.train_step`, `[repeat][variant]`.
 
-    Variants are timed round-robin within each repeat, so drift in machine load hits all alike.
+    Every repeat times each variant once for `steps` steps, in a fresh random order, so drift
+    in machine load and any order effect hit all variants alike.
     """
+    order = random.Random(0)
     with tempfile.TemporaryDirectory() as out:
         trainers = []
         for i, (_, overrides) in enumerate(variants):
@@ -43,9 +56,11 @@ def measure(preset: str, variants: list[tuple[str, dict]], device: str, amp: boo
         for trainer in trainers:
             for _ in range(warmup):
                 trainer.train_step()
-        best = [0.0] * len(trainers)
+        rates = []
         for _ in range(repeats):
-            for i, trainer in enumerate(trainers):
+            rate = [0.0] * len(trainers)
+            for i in order.sample(range(len(trainers)), len(trainers)):
+                trainer = trainers[i]
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -53,8 +68,18 @@ def measure(preset: str, variants: list[tuple[str, dict]], device: str, amp: boo
                     trainer.train_step()
                 if trainer.device.type == "cuda":
                     torch.cuda.synchronize()
-                best[i] = max(best[i], steps / (time.perf_counter() - start))
-        return best
+                rate[i] = steps / (time.perf_counter() - start)
+            rates.append(rate)
+        return rates
+
+
+def relative_cost(rates: list[list[float]], reference: int) -> list[tuple[float, float, float]]:
+    """Per variant: the median, min and max over repeats of its step time over the reference's.
+
+    Ratios pair the variants' timings within one repeat, taken seconds apart.
+    """
+    ratios = [[repeat[reference] / repeat[i] for repeat in rates] for i in range(len(rates[0]))]
+    return [(statistics.median(r), min(r), max(r)) for r in ratios]
 
 
 def main() -> None:
@@ -64,25 +89,31 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
     variants = VARIANTS
-    if not preset_config(args.preset).train.calibrate_from:  # no handover: one default row
-        variants = [v for v in VARIANTS if v[0] != "ddgm calib."]
-    rows = []
+    preset = preset_config(args.preset).train
+    if not preset.calibrate_from:  # no handover: one default row
+        variants = [v for v in variants if not v[0].startswith("ddgm calib.")]
+    if preset.entropy != "mi":
+        variants = [v for v in variants if not v[0].endswith("-MI")]
+    batch = preset.batch_size
+    print(f"preset {args.preset}, device {args.device}, batch {batch}, torch {torch.__version__},"
+          f" {torch.get_num_threads()} threads, {args.repeats} repeats of {args.steps} steps")
+    print(f"{'variant':<18}{'precision':<11}{'steps/s':>9}{'samples/s':>11}"
+          f"{'vs gan plain':>14}{'vs gan':>8}{'  (vs gan: min-max)':>20}")
     amps = [False, True] if args.device.startswith("cuda") else [False]
     for amp in amps:
         rates = measure(args.preset, variants, args.device, amp, args.steps, args.warmup,
                         args.data, args.repeats)
-        rows += [(name, "bf16" if amp else "fp32", rate)
-                 for (name, _), rate in zip(variants, rates)]
-    batch = preset_config(args.preset).train.batch_size
-    print(f"preset {args.preset}, device {args.device}, batch {batch}, torch {torch.__version__}")
-    print(f"{'variant':<14}{'precision':<11}{'steps/s':>10}{'samples/s':>12}{'step time':>11}")
-    for name, precision, rate in rows:
-        print(f"{name:<14}{precision:<11}{rate:>10.1f}{rate * batch:>12.0f}"
-              f"{rows[0][2] / rate:>10.2f}x")
-
+        names = [name for name, _ in variants]
+        plain = relative_cost(rates, names.index("gan plain"))
+        gan = relative_cost(rates, names.index("gan"))
+        for i, name in enumerate(names):
+            rate = statistics.median(repeat[i] for repeat in rates)
+            print(f"{name:<18}{'bf16' if amp else 'fp32':<11}{rate:>9.1f}{rate * batch:>11.0f}"
+                  f"{plain[i][0]:>13.2f}x{gan[i][0]:>7.2f}x"
+                  f"{f'({gan[i][1]:.2f}-{gan[i][2]:.2f})':>20}")
 
 if __name__ == "__main__":
     main()

@@ -53,6 +53,9 @@ from .options import device_option, seed_option
                    "well (ddgm only). (default: from preset)")
 @click.option("--score-matching-std", type=float, default=None,
               help="Noise std of --score-matching, in data units. (default: 0.01)")
+@click.option("--score-matching-share", type=float, default=None, metavar="SHARE",
+              help="Share of the data batch (0–1] that --score-matching noises; only those rows "
+                   "pay its double backward. (default: from preset)")
 @click.option("--calibration", type=float, default=None,
               help="Weight of the data batch's importance-weighted likelihood: sets how deep "
                    "each energy well is (ddgm, low-D data only). (default: from preset)")

@@ -98,6 +98,8 @@ class TrainConfig:
     score_matching: float = 0.0   # weight of denoising score matching at noisy data (ddgm
     #                               only, like `calibration`; 0 = off)
     score_matching_std: float = 0.01  # its noise std, in data units
+    score_matching_share: float = 1.0  # share of the data batch it noises: only these rows pay
+    #                               its double backward (the rest of the batch still trains E)
     calibration: float = 0.0      # weight of the importance-weighted likelihood of the data
     #                               batch, which sets each well's depth (low-D data only; 0 = off)
     calibrate_from: float = 0.0   # share of `steps` after which score matching and calibration
@@ -127,6 +129,9 @@ class TrainConfig:
         if not 0.0 <= self.calibrate_from < 1.0:
             raise EbgenError(f"calibrate_from is a share of the steps in [0, 1), "
                              f"got {self.calibrate_from}")
+        if not 0.0 < self.score_matching_share <= 1.0:
+            raise EbgenError(f"score_matching_share is a share of the batch in (0, 1], "
+                             f"got {self.score_matching_share}")
         if self.score_matching_std <= 0:
             raise EbgenError(f"score_matching_std must be > 0, got {self.score_matching_std}")
         if self.steps < 0 or self.batch_size < 2:
@@ -179,7 +184,8 @@ PRESETS: dict[str, dict[str, dict]] = {
         # small R1 penalty and a linear learning-rate decay give full mode coverage; halfway,
         # score matching and calibration take over from R1 and set each well's width and depth.
         dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
-             gradient_penalty=0.01, score_matching=10.0, calibration=1.0, calibrate_from=0.5,
+             gradient_penalty=0.01, score_matching=10.0, score_matching_share=0.5,
+             calibration=1.0, calibrate_from=0.5,
              lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
     # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
     # models"): small nets (a few MB of ONNX), the data base (shifted digits score as

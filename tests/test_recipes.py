@@ -173,11 +173,42 @@ def test_score_matching_and_calibration_enter_the_energy_step(tmp_path):
     assert _energy_loss_after_one_step(tmp_path, calibration=1.0) != plain
 
 
+def test_score_matching_share_noises_that_share_of_the_batch(tmp_path):
+    whole = _energy_loss_after_one_step(tmp_path, score_matching=1.0, score_matching_share=1.0)
+    assert _energy_loss_after_one_step(tmp_path, score_matching=1.0,
+                                       score_matching_share=0.5) != whole
+
+
+@pytest.mark.parametrize("terms, forwards", [
+    # (energy terms, [(rows, need ∇ₓE)] of the energy step's forward passes), batch 32
+    (dict(), [(64, False)]),                                        # data + samples, no penalty
+    (dict(gradient_penalty=1.0), [(32, False), (32, True)]),        # R1: data rows graded
+    (dict(score_matching=1.0, score_matching_share=0.5), [(64, False), (16, True)]),
+    (dict(gradient_penalty=1.0, score_matching=1.0, score_matching_share=0.25),
+     [(32, False), (40, True)]),                                    # data + 8 noisy rows
+    (dict(objective="gan", gradient_penalty=1.0), [(32, False), (32, True)]),
+])
+def test_only_rows_a_penalty_needs_pay_the_double_backward(tmp_path, terms, forwards):
+    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0,
+                   calibrate_from=0.0, entropy="bn") | terms
+    config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
+                           generator_width=16, num_experts=8, num_points=2048, **weights)
+    trainer = Trainer(config, tmp_path, progress=False)
+    seen = []
+    trainer.energy.register_forward_hook(
+        lambda module, args, out: seen.append((len(args[0]), args[0].requires_grad)))
+    trainer.train_step()
+    assert seen[0] == (32, True)  # the generator step (its samples carry G's graph)
+    assert seen[1:] == forwards
+
+
 def test_bad_energy_terms_are_refused_clearly(tmp_path):
     with pytest.raises(EbgenError, match="score_matching is a weight"):
         preset_config("toy2d", score_matching=-1.0)
     with pytest.raises(EbgenError, match="score_matching_std must be > 0"):
         preset_config("toy2d", score_matching_std=0.0)
+    with pytest.raises(EbgenError, match="score_matching_share is a share"):
+        preset_config("toy2d", score_matching_share=0.0)
     with pytest.raises(EbgenError, match="--calibration needs low-dimensional"):
         Trainer(preset_config("tiny", calibration=1.0), tmp_path, progress=False)
 
@@ -219,3 +250,17 @@ def test_ablation_benchmark_smoke_and_table_from_json(tmp_path):
                            text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == table
     assert "| paper | " in table and "| mine | " in table
+
+
+@pytest.mark.slow
+def test_train_speed_benchmark_prints_every_row_against_both_gans():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_speed.py"
+    done = subprocess.run([sys.executable, str(script), "--preset", "toy2d", "--steps", "1",
+                           "--warmup", "1", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line[:18].strip(): line[18:].split() for line in done.stdout.splitlines()
+            if line.endswith(")")}
+    assert list(rows) == ["variant", "gan plain", "gan", "ddgm paper", "ddgm default",
+                          "ddgm calib.", "ddgm default -MI", "ddgm calib. -MI"]
+    assert rows["gan plain"][3] == "1.00x" and rows["gan"][4:] == ["1.00x", "(1.00-1.00)"]

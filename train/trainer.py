@@ -137,17 +137,24 @@ class Trainer:
         self.generator_opt.step()
         if self.statistics is not None:
             self.statistics_opt.step()
-        # Energy step on data, the (pre-update) samples and noisy data, in one forward pass.
+        # Energy step. Rows a penalty needs ∇ₓE at (data for R1, noisy data for score
+        # matching) go through their own forward pass; only they pay the double backward.
         r1, sm, cal = self._energy_term_weights()
         with self._autocast():
             n = len(x)
-            parts = [x, x_fake.detach()]
-            if sm > 0:
-                noise = torch.randn_like(x)
-                parts.append(x + cfg.score_matching_std * noise)
-            inputs = torch.cat(parts).requires_grad_(r1 > 0 or sm > 0)
-            energies = self.energy(inputs)
-            energy_data, energy_samples = energies[:n], energies[n:2 * n]
+            graded = [x] if r1 > 0 else []
+            if sm > 0:  # a random batch, so its first rows are a random subset
+                noisy = x[:max(1, round(cfg.score_matching_share * n))]
+                noise = torch.randn_like(noisy)
+                graded.append(noisy + cfg.score_matching_std * noise)
+            plain = [x_fake.detach()] if r1 > 0 else [x, x_fake.detach()]
+            plain_energies = self.energy(torch.cat(plain))
+            energy_samples = plain_energies[-n:]
+            if graded:
+                inputs = torch.cat(graded).requires_grad_(True)
+                graded_energies = self.energy(inputs)
+                grad = input_gradients(graded_energies, inputs)
+            energy_data = graded_energies[:n] if r1 > 0 else plain_energies[:n]
             if cfg.objective == "ddgm":
                 loss_e = energy_loss(energy_data, energy_samples)
                 if cal > 0:
@@ -155,13 +162,11 @@ class Trainer:
                                                              cfg.entropy_neighbours)
             else:
                 loss_e = gan_discriminator_loss(energy_data, energy_samples)
-            if inputs.requires_grad:
-                grad = input_gradients(energies, inputs)
-                if r1 > 0:
-                    loss_e = loss_e + r1 * gradient_penalty(grad[:n])
-                if sm > 0:
-                    loss_e = loss_e + sm * score_matching(grad[2 * n:], noise,
-                                                          cfg.score_matching_std)
+            if r1 > 0:
+                loss_e = loss_e + r1 * gradient_penalty(grad[:n])
+            if sm > 0:
+                loss_e = loss_e + sm * score_matching(grad[-len(noise):], noise,
+                                                      cfg.score_matching_std)
             if cfg.energy_magnitude > 0:
                 loss_e = loss_e + cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                           + energy_samples.pow(2).mean())
