@@ -98,11 +98,13 @@ def rebuild(name: str, runs: Path, data: str | None, compare_gan: bool) -> dict[
         gan_checkpoint, _, gan_seconds = gan_job.result()
         pool.shutdown()
         gan = evaluate(gan_checkpoint, data_path=data if image else None, anomaly=image)
+        gan.pop("model", None)  # a path on this machine
         gan.update(train_seconds=round(gan_seconds, 1), command=command_line(name, "gan"))
         quality["compare"] = {"gan": gan}
     import ebgen
     import torch
 
+    config["data"]["path"] = None  # this machine's folder: the command says MNIST_DIR
     recipe = {"name": name, "data": BUNDLED[name][2], "command": command_line(name),
               "train_seconds": round(seconds, 1), "device": str(torch.device(
                   "cuda" if torch.cuda.is_available() else "cpu")),
