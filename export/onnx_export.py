@@ -1,9 +1,10 @@
 """ONNX export of the two networks, and the check that onnxruntime agrees with PyTorch.
 
 Each file is written by torch's dynamo exporter in eval mode with a named dynamic batch axis
-(`names.BATCH_AXIS`) and the weights inside the file, passes `onnx.checker` (full check), then
-runs in a fresh onnxruntime session against PyTorch on fresh inputs at batch sizes 1, 7 and 64
-(never the export batch). A difference beyond the tolerance raises `EbgenError`.
+(`names.BATCH_AXIS`) and the weights inside the file, loses the exporter's stack traces (paths
+on the exporting machine), passes `onnx.checker` (full check), then runs in a fresh
+onnxruntime session against PyTorch on fresh inputs at batch sizes 1, 7 and 64 (never the
+export batch). A difference beyond the tolerance raises `EbgenError`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from ebgen.pixels import unit_to_uint8
 PARITY_BATCHES = (1, 7, 64)
 EXPORT_BATCH = 5
 RTOL, ATOL = 1e-3, 1e-4
+#: Node metadata in which torch's exporter records the Python stack (`drop_stack_traces`).
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
 #: uint8 outputs may differ by one level (rounding of values that land on .5).
 UINT8_LEVELS = 1
 
@@ -77,6 +80,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
     except Exception as e:  # exporter errors are long; the first line says what failed
         raise EbgenError(f"ONNX export of {path.name} failed: "
                          f"{type(e).__name__}: {_first_line(e)}") from e
+    drop_stack_traces(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
@@ -84,6 +88,22 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
     _check_signature(onnx.load(str(path), load_external_data=False), path.name, input_name,
                      output_name)
     return path
+
+
+def drop_stack_traces(path: str | Path) -> None:
+    """Rewrite the ONNX file at `path` without the exporter's per-node Python stack traces.
+
+    They name files on the exporting machine (its source checkout and site-packages) and
+    mean nothing where the model runs; the graph and weights are untouched.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def _check_signature(model, filename: str, input_name: str, output_name: str) -> None:

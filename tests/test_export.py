@@ -18,6 +18,7 @@ from ebgen.config import preset_config
 from ebgen.errors import EbgenError
 from ebgen.export import (HANDLER_FILES, build_archive, check_archive, check_parity,
                           export_model)
+from ebgen.export.onnx_export import STACK_TRACE_KEY
 from ebgen.latents import sample_latents
 from ebgen.model_format import QUANTILE_LEVELS, read_model_info
 from ebgen.models import build_models
@@ -92,6 +93,8 @@ def test_files_exist_pass_checker_and_hashes_match(exported, kind):
         onnx.checker.check_model(str(path), full_check=True)
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
         assert not list(model_dir.glob("*.data"))  # weights inside the files
+        keys = {p.key for node in onnx.load(str(path)).graph.node for p in node.metadata_props}
+        assert STACK_TRACE_KEY not in keys  # no paths of the exporting machine
     leftovers = [p.name for p in model_dir.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 
