@@ -6,9 +6,9 @@ decay) on the same nets: DDGM with the paper's recipe (batch-norm entropy) and w
 preset's default recipe — before and after its handover from R1 to score matching and
 calibration (`calibrate_from`) where the preset has one — each also without the MI entropy
 estimator ("-MI": batch-norm entropy), to show what MI costs; and on CUDA fp32 vs bf16
-autocast. The relative step time is the median,
-over repeats, of ratios taken within one repeat (each repeat runs every variant once, in a
-random order), with the range over repeats for the GAN column.
+autocast. The relative step time is the median, over repeats, of ratios taken within one
+repeat (each repeat runs every variant once, in a random order), with the range over repeats
+for the GAN column.
 
     python benchmarks/train_speed.py --preset toy2d --steps 100 --repeats 15
     OMP_NUM_THREADS=1 python benchmarks/train_speed.py --preset toy2d --steps 100 --repeats 15
@@ -114,6 +114,7 @@ def main() -> None:
             print(f"{name:<18}{'bf16' if amp else 'fp32':<11}{rate:>9.1f}{rate * batch:>11.0f}"
                   f"{plain[i][0]:>13.2f}x{gan[i][0]:>7.2f}x"
                   f"{f'({gan[i][1]:.2f}-{gan[i][2]:.2f})':>20}")
+
 
 if __name__ == "__main__":
     main()

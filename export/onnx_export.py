@@ -80,21 +80,21 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
     except Exception as e:  # exporter errors are long; the first line says what failed
         raise EbgenError(f"ONNX export of {path.name} failed: "
                          f"{type(e).__name__}: {_first_line(e)}") from e
-    drop_stack_traces(path)
+    model = drop_stack_traces(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
         raise EbgenError(f"{path.name} fails the ONNX checker: {_first_line(e)}") from e
-    _check_signature(onnx.load(str(path), load_external_data=False), path.name, input_name,
-                     output_name)
+    _check_signature(model, path.name, input_name, output_name)
     return path
 
 
-def drop_stack_traces(path: str | Path) -> None:
+def drop_stack_traces(path: str | Path):
     """Rewrite the ONNX file at `path` without the exporter's per-node Python stack traces.
 
     They name files on the exporting machine (its source checkout and site-packages) and
-    mean nothing where the model runs; the graph and weights are untouched.
+    mean nothing where the model runs; the graph and weights are untouched. Returns the
+    rewritten `onnx.ModelProto`.
     """
     import onnx
 
@@ -104,6 +104,7 @@ def drop_stack_traces(path: str | Path) -> None:
         del node.metadata_props[:]
         node.metadata_props.extend(kept)
     onnx.save(model, str(path))
+    return model
 
 
 def _check_signature(model, filename: str, input_name: str, output_name: str) -> None:
