@@ -1,9 +1,12 @@
-"""Ablation on the 2-D benchmarks: training ingredients on/off → modes, high-quality %, grid KL.
+"""Ablation on the 2-D benchmarks: training ingredients on/off → distribution metrics, modes, KL.
 
 Each variant is the `toy2d` preset plus field overrides; every (variant, data set, seed) run
-trains from scratch and is evaluated with the VEEGAN protocol (2,500 samples) and the grid
-KL(p_data ‖ p_E). Runs go in parallel processes (one thread each). Prints a Markdown table
-(worst seed per cell: fewest modes, lowest HQ, highest KL) and writes every run to --json.
+trains from scratch and is measured by `ebgen eval`'s report: MMD² over the data-vs-data floor
+(global and local kernels, the worse shown) of the generator's samples and of exact samples of
+exp(−E), precision/recall over fresh data's, each mode's share over its weight, VEEGAN modes and
+HQ %, and the grid KL(p_data ‖ p_E). Runs go in parallel processes (one thread each). Prints a
+Markdown table, one row per (variant, data set), worst seed per cell, with a last column
+saying whether every seed met the goals of `GOALS`; writes every run to --json.
 
     python benchmarks/ablation_2d.py --jobs 2                       # the README table
     python benchmarks/ablation_2d.py --variants default,paper,gan --seeds 0 --steps 2000
@@ -19,6 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+#: Every built-in 2-D set (ebgen.toy2d.TOY_SETS), without importing ebgen in the parent.
+TOY_SET_NAMES = ("8gaussians", "25gaussians", "swissroll", "unequal", "anisotropic", "pinwheel",
+                 "spirals", "moons", "faraway")
 
 #: name → config overrides on top of the toy2d preset (the default recipe is the preset itself).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -66,33 +73,63 @@ def run_one(job: tuple[str, dict[str, Any], str, int, int | None]) -> dict[str, 
         train(config, out, progress=False)
         seconds = time.perf_counter() - start
         report = evaluate(out, device="cpu")
-    return {"variant": name, "dataset": dataset, "seed": seed, "steps": config.train.steps,
-            "overrides": overrides, "modes": report.get("modes"),
-            "num_modes": report.get("num_modes"), "high_quality": report.get("high_quality"),
-            "kl": report["kl_data_energy"], "seconds": round(seconds, 1)}
+    row = {"variant": name, "dataset": dataset, "seed": seed, "steps": config.train.steps,
+           "overrides": overrides, "kl": report["kl_data_energy"], "seconds": round(seconds, 1),
+           "data_high_quality": report.get("data_high_quality")}
+    for view in ("generator", "energy"):
+        section = report[view]
+        row[view] = {k: section.get(k) for k in (
+            "mmd2_ratio", "mmd2_local_ratio", "precision_ratio", "recall_ratio",
+            "share_ratio_min", "share_ratio_max", "modes", "num_modes", "high_quality")}
+    return row
+
+
+#: The issue's goals for every run: generator MMD² ≤ 2× floor, exp(−E)'s ≤ 3×, precision and
+#: recall ≥ 0.9× fresh data's, every mode covered with 0.7–1.3× its weight, KL < 0.1 nats, and
+#: HQ within 5 points of the data's own.
+def meets_goals(row: dict[str, Any]) -> bool:
+    gen, energy = row["generator"], row["energy"]
+    ok = (max(gen["mmd2_ratio"], gen["mmd2_local_ratio"]) <= 2.0
+          and max(energy["mmd2_ratio"], energy["mmd2_local_ratio"]) <= 3.0
+          and min(gen["precision_ratio"], gen["recall_ratio"]) >= 0.9 and row["kl"] < 0.1)
+    if gen.get("modes") is not None:
+        ok = ok and gen["modes"] == gen["num_modes"] and 0.7 <= gen["share_ratio_min"] \
+            and gen["share_ratio_max"] <= 1.3 \
+            and gen["high_quality"] >= row["data_high_quality"] - 0.05
+    return bool(ok)
 
 
 def table(results: list[dict[str, Any]], datasets: list[str]) -> str:
-    """Markdown: one row per variant, worst seed per cell."""
-    header = "| variant | " + " | ".join(
-        f"{d} modes | {d} HQ % | {d} KL" for d in datasets) + " | s/run |"
-    lines = [header, "|" + "---|" * (2 + 3 * len(datasets))]
+    """Markdown: one row per (variant, data set), worst seed per cell."""
+    lines = ["| variant | data | seeds | G MMD² ×floor | E MMD² ×floor | G precision / recall "
+             "| E precision / recall | G mode shares | G modes | G HQ % (data) | KL | s/run "
+             "| goals |", "|" + "---|" * 13]
+    worst_mmd = lambda rows, view: max(max(r[view]["mmd2_ratio"], r[view]["mmd2_local_ratio"])
+                                       for r in rows)
+    low = lambda rows, view, key: min(r[view][key] for r in rows)
     for variant in dict.fromkeys(r["variant"] for r in results):
-        cells, seconds = [], []
         for dataset in datasets:
             rows = [r for r in results if r["variant"] == variant and r["dataset"] == dataset]
-            seconds += [r["seconds"] for r in rows]
             if not rows:
-                cells += ["–"] * 3
                 continue
-            if rows[0]["modes"] is None:
-                cells += ["–", "–"]
-            else:
-                cells += [f"{min(r['modes'] for r in rows)}/{rows[0]['num_modes']}",
-                          f"{100 * min(r['high_quality'] for r in rows):.1f}"]
-            cells.append(f"{max(r['kl'] for r in rows):.3g}")
-        lines.append(f"| {variant} | " + " | ".join(cells)
-                     + f" | {sum(seconds) / max(1, len(seconds)):.0f} |")
+            gen = rows[0]["generator"]
+            modes = shares = hq = "–"
+            if gen.get("modes") is not None:
+                modes = f"{min(r['generator']['modes'] for r in rows)}/{gen['num_modes']}"
+                shares = (f"{low(rows, 'generator', 'share_ratio_min'):.2f}–"
+                          f"{max(r['generator']['share_ratio_max'] for r in rows):.2f}")
+                hq = (f"{100 * low(rows, 'generator', 'high_quality'):.1f} "
+                      f"({100 * rows[0]['data_high_quality']:.1f})")
+            cells = [variant, dataset, str(len(rows)), f"{worst_mmd(rows, 'generator'):.2f}",
+                     f"{worst_mmd(rows, 'energy'):.2f}",
+                     f"{low(rows, 'generator', 'precision_ratio'):.2f} / "
+                     f"{low(rows, 'generator', 'recall_ratio'):.2f}",
+                     f"{low(rows, 'energy', 'precision_ratio'):.2f} / "
+                     f"{low(rows, 'energy', 'recall_ratio'):.2f}",
+                     shares, modes, hq, f"{max(r['kl'] for r in rows):.3g}",
+                     f"{sum(r['seconds'] for r in rows) / len(rows):.0f}",
+                     "met" if all(meets_goals(r) for r in rows) else "not met"]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -102,7 +139,7 @@ def main() -> None:
                         help="comma-separated names from VARIANTS")
     parser.add_argument("--variant", action="append", default=[],
                         help="extra variant 'name:key=value,...' (repeatable)")
-    parser.add_argument("--datasets", default="8gaussians,25gaussians")
+    parser.add_argument("--datasets", default=",".join(TOY_SET_NAMES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=None, help="(default: the preset's)")
     parser.add_argument("--jobs", type=int, default=2)

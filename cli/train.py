@@ -12,11 +12,13 @@ from .options import device_option, seed_option
 @click.option("--preset", default="toy2d", show_default=True, metavar="NAME",
               help="Starting config: tiny, toy2d, mnist, cifar10, celeba64.")
 @click.option("--dataset", default=None, metavar="NAME",
-              help="8gaussians, 25gaussians, swissroll, shapes (built in), or a format read from "
-                   "--data: points, mnist, cifar10, images. (default: from preset)")
+              help="Built in: 8gaussians, 25gaussians, swissroll, unequal, anisotropic, "
+                   "pinwheel, spirals, moons, faraway (2-D), shapes (images); or a format read "
+                   "from --data: points, mnist, cifar10, images. (default: from preset; with "
+                   "--data, guessed from the path)")
 @click.option("--data", "path", default=None, metavar="PATH",
-              help="Data file or folder: N×2 .npy/.csv, an MNIST IDX folder, CIFAR-10 python "
-                   "batches, or a folder of PNG/JPEG images.")
+              help="Data file or folder: N×2 .npy/.csv (any location and scale), an MNIST IDX "
+                   "folder, CIFAR-10 python batches, or a folder of PNG/JPEG images.")
 @click.option("--exclude-class", "exclude_classes", type=int, multiple=True,
               help="Leave this label out of training (repeatable; labelled data only).")
 @click.option("--steps", type=int, default=None, help="Training steps. (default: from preset)")
@@ -59,6 +61,15 @@ from .options import device_option, seed_option
 @click.option("--calibration", type=float, default=None,
               help="Weight of the data batch's importance-weighted likelihood: sets how deep "
                    "each energy well is (ddgm, low-D data only). (default: from preset)")
+@click.option("--likelihood", type=float, default=None,
+              help="Weight of importance-sampled maximum likelihood with a known proposal around "
+                   "the data batch: removes the energy's mass between and around the data "
+                   "(ddgm, low-D data only). (default: from preset)")
+@click.option("--calibrate-entropy", type=click.Choice(["bn", "mi", "knn"]), default=None,
+              help="Entropy estimate from --calibrate-from on. (default: from preset)")
+@click.option("--standardize/--no-standardize", default=None,
+              help="Points: train the nets on the data standardised per dimension (the affine is "
+                   "saved with the model; inputs and outputs stay in your units). (default: on)")
 @click.option("--calibrate-from", type=float, default=None, metavar="SHARE",
               help="Share of --steps (0–1) after which --score-matching and --calibration take "
                    "over from --gradient-penalty; 0 runs all three throughout. "
@@ -83,6 +94,7 @@ def train_command(preset, resume, out, quiet, **fields) -> None:
     Examples:
       ebgen train --preset tiny --out runs/tiny
       ebgen train --preset toy2d --dataset 8gaussians --out runs/ring
+      ebgen train --preset toy2d --data points.npy --out runs/mine
       ebgen train --preset mnist --data ~/data/mnist --steps 200 --out runs/mnist
       ebgen train --out runs/ring --resume --steps 10000
       torchrun --nproc_per_node 2 $(which ebgen) train --preset tiny --out runs/ddp

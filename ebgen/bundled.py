@@ -17,9 +17,11 @@ from .names import MODEL_FILE, QUALITY_FILE, RECIPE_FILE
 #: The model `ebgen generate`, `ebgen score` and `ebgen serve` use when none is named.
 DEFAULT_MODEL = "mnist"
 
-#: The one or two figures `ebgen models` shows for each kind of model, in this order.
-KEY_METRICS = ("classes_covered", "confident_share", "class_kl_uniform", "modes",
-               "high_quality", "kl_data_energy")
+#: The figures `ebgen models` shows for each kind of model, in this order ("a.b" is key b of
+#: section a of the eval report).
+KEY_METRICS = ("classes_covered", "confident_share", "class_kl_uniform",
+               "generator.mmd2_ratio", "energy.mmd2_ratio", "generator.modes",
+               "generator.high_quality", "kl_data_energy")
 
 
 def pretrained_dir() -> Path:
@@ -63,8 +65,17 @@ def model_card(name: str) -> dict[str, Any]:
             "objective": recipe.get("config", {}).get("train", {}).get("objective"),
             "steps": recipe.get("config", {}).get("train", {}).get("steps"),
             "train_seconds": recipe.get("train_seconds"), "command": recipe.get("command"),
-            "metrics": {k: quality[k] for k in KEY_METRICS if k in quality},
+            "metrics": {k: v for k in KEY_METRICS if (v := _lookup(quality, k)) is not None},
             "path": str(path)}
+
+
+def _lookup(report: dict[str, Any], key: str) -> Any:
+    """report["a"]["b"] for key "a.b" (None where missing)."""
+    for part in key.split("."):
+        if not isinstance(report, dict):
+            return None
+        report = report.get(part)
+    return report
 
 
 def format_cards(cards: list[dict[str, Any]]) -> str:

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import EbgenError
+from .toy2d import TOY_SETS
 
 #: Image sizes the convolutional nets support.
 IMAGE_SIZES = (8, 16, 28, 32, 64)
 OBJECTIVES = ("ddgm", "gan")
 OPTIMIZERS = ("adam", "adagrad")
 ENTROPY_ESTIMATES = ("bn", "mi", "knn")
+#: Data sets generated in code (the 2-D sets and the synthetic `shapes` images).
+GENERATED_NAMES = (*TOY_SETS, "shapes")
 
 
 @dataclass
@@ -38,6 +41,11 @@ class ModelConfig:
     #                               and bias) or "data" (per-dimension mean and variance of the
     #                               training data, fixed before training)
     base_min_variance: float = 0.05  # "data" base: variance floor (pixels in [-1, 1])
+    standardize: bool = True      # points: the nets work on (x − data_shift) / data_scale, fitted
+    #                               to the training data when training starts (any location and
+    #                               scale trains alike); energies include the change of variables
+    data_shift: list[float] | None = None  # points: per-dimension mean of the training data
+    data_scale: list[float] | None = None  # points: per-dimension std (None: identity)
 
     def __post_init__(self) -> None:
         if self.kind not in ("points", "image"):
@@ -52,6 +60,13 @@ class ModelConfig:
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
         if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
             raise EbgenError("z_dim, num_experts and depth must be positive")
+        for name in ("data_shift", "data_scale"):
+            value = getattr(self, name)
+            if value is not None and (self.kind != "points" or len(value) != self.data_dim):
+                raise EbgenError(f"{name} needs a points model and {self.data_dim} values, "
+                                 f"got {value!r}")
+        if self.data_scale is not None and not all(v > 0 for v in self.data_scale):
+            raise EbgenError(f"data_scale must be positive, got {self.data_scale}")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -65,8 +80,9 @@ class ModelConfig:
 class DataConfig:
     """Where training data comes from."""
 
-    dataset: str = "8gaussians"   # a built-in name (8gaussians, 25gaussians, swissroll, shapes)
-    #                               or a format (points, mnist, cifar10, images) read from `path`
+    dataset: str | None = "8gaussians"  # a built-in name (`ebgen.toy2d`'s 2-D sets, shapes) or
+    #                               a format (points, mnist, cifar10, images) read from `path`;
+    #                               None guesses the format from `path`
     path: str | None = None       # a file or folder; the format is guessed when `dataset` is None
     num_points: int = 100_000     # size of a generated (built-in) data set
     holdout_fraction: float = 0.1 # share held out for evaluation when no test split exists
@@ -102,6 +118,12 @@ class TrainConfig:
     #                               its double backward (the rest of the batch still trains E)
     calibration: float = 0.0      # weight of the importance-weighted likelihood of the data
     #                               batch, which sets each well's depth (low-D data only; 0 = off)
+    likelihood: float = 0.0       # weight of importance-sampled maximum likelihood with a known
+    #                               proposal around the data batch (`losses.kde_proposal`), which
+    #                               removes exp(−E)'s mass off the data (ddgm, low-D only; 0 = off)
+    calibrate_entropy: str | None = None  # the entropy estimate from `calibrate_from` on (None:
+    #                               `entropy` throughout; e.g. "knn", whose gradient follows
+    #                               the samples' true spread where "mi" saturates)
     calibrate_from: float = 0.0   # share of `steps` after which score matching and calibration
     #                               take over from R1 (before: R1 only; after: no R1; 0 = all on
     #                               from the start)
@@ -120,7 +142,11 @@ class TrainConfig:
             raise EbgenError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.entropy not in ENTROPY_ESTIMATES:
             raise EbgenError(f"entropy must be one of {ENTROPY_ESTIMATES}, got {self.entropy!r}")
+        if self.calibrate_entropy is not None and self.calibrate_entropy not in ENTROPY_ESTIMATES:
+            raise EbgenError(f"calibrate_entropy must be one of {ENTROPY_ESTIMATES}, got "
+                             f"{self.calibrate_entropy!r}")
         weights = {"score_matching": self.score_matching, "calibration": self.calibration,
+                   "likelihood": self.likelihood,
                    "gradient_penalty": self.gradient_penalty,
                    "energy_magnitude": self.energy_magnitude}
         for name, value in weights.items():
@@ -221,7 +247,8 @@ AUTHORS_ADAGRAD = dict(lr_energy=1e-3, lr_generator=2e-3, weight_decay=1e-5)
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": dict(entropy="bn", gradient_penalty=0.0, energy_magnitude=0.0, score_matching=0.0,
-                  calibration=0.0, calibrate_from=0.0, lr_decay=False, entropy_weight=1.0),
+                  calibration=0.0, likelihood=0.0, calibrate_from=0.0, calibrate_entropy=None,
+                  lr_decay=False, entropy_weight=1.0),
 }
 
 
@@ -242,6 +269,9 @@ def preset_config(name: str, recipe: str | None = None, **overrides: Any) -> Con
               for f in dataclasses.fields(kind)}
     if overrides.get("optimizer") == "adagrad":  # the authors' rates, unless given
         sections["train"].update(AUTHORS_ADAGRAD)
+    if overrides.get("path") is not None and overrides.get("dataset") is None \
+            and sections["data"].get("dataset") in GENERATED_NAMES:
+        sections["data"]["dataset"] = None  # a file replaces the preset's generated set
     for key, value in overrides.items():
         if value is None:
             continue

@@ -1,7 +1,7 @@
 """Training data: built-in generated sets and files on disk, as (train, heldout) `Dataset`s.
 
-Built-in sets are generated in code: the 2-D mixtures of `toy2d` (`8gaussians`, `25gaussians`,
-`swissroll`) and `shapes`, small synthetic images of filled rectangles and bars on black. Files
+Built-in sets are generated in code: the 2-D sets of `toy2d` (`8gaussians`, `25gaussians`,
+`swissroll`, `unequal`, `anisotropic`, `pinwheel`, `spirals`, `moons`, `faraway`) and `shapes`, small synthetic images of filled rectangles and bars on black. Files
 on disk come in four formats: `points` (a .npy or .csv N×2 array), `mnist` (a folder of IDX
 files), `cifar10` (a folder of python batches) and `images` (a folder of PNG/JPEG files); the
 format is guessed from the path when `DataConfig.dataset` is None or names a built-in set.
@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from . import images as imgio
-from .config import DataConfig, ModelConfig
+from .config import GENERATED_NAMES, DataConfig, ModelConfig
 from .errors import DataError
 from .pixels import uint8_to_unit
-from .toy2d import TOY_SETS, get_toy_set
+from .toy2d import get_toy_set
 
 #: Built-in sets generated in code (no path needed).
-GENERATED = (*TOY_SETS, "shapes")
+GENERATED = GENERATED_NAMES
 #: Formats read from `DataConfig.path`, with what each expects there.
 FORMATS = {
     "points": "a .npy or .csv file of an N×2 array",
@@ -60,6 +60,15 @@ class Dataset:
     def sample_shape(self) -> tuple[int, ...]:
         """Shape of one sample: (D,) or (C, H, W)."""
         return tuple(self.values.shape[1:])
+
+
+def standardisation(dataset: Dataset) -> tuple[list[float], list[float]]:
+    """The per-dimension mean and std of a points data set: the affine the nets of a
+    standardising model work through (a constant dimension gets scale 1)."""
+    values = dataset.values.double()
+    shift, scale = values.mean(0), values.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-12 * (1.0 + shift.abs()), scale, torch.ones_like(scale))
+    return [float(v) for v in shift], [float(v) for v in scale]
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:

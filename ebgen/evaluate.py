@@ -1,7 +1,9 @@
 """`evaluate`: what `ebgen eval` reports about a trained checkpoint or an exported model.
 
-2-D models: VEEGAN-protocol mode coverage on generator samples (built-in sets) and the
-KL(p_data ‖ p_E) of the energy normalised on a grid. Image models: the mean energy of held-out
+Points models: distribution metrics (MMD² over the data-vs-data floor, precision/recall) for
+the generator's samples and for exact samples of exp(−E), each mode's share and VEEGAN mode
+coverage (built-in sets), and the KL(p_data ‖ p_E) of the energy normalised on a grid
+(`ebgen.metrics2d`). Image models: the mean energy of held-out
 data, of generator samples and of uniform noise (a working energy orders them data < samples
 < noise, since lower energy means more probable); for 28×28 grey digits, the bundled
 classifier's metrics (`ebgen.image_metrics`); with `anomaly`, energy AUROCs against corrupted
@@ -90,8 +92,10 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
              anomaly: bool = False, plots_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint, model directory or bundled model; returns a JSON-ready report.
 
-    `num_samples` defaults to 2,500 for 2-D models and 10,000 for image models. `data_path`
-    replaces the training run's data (needed where that data is not on this machine).
+    `num_samples` defaults to 12,500 for points models (five MMD repeats of 2,500) and 10,000
+    for image models. `data_path` replaces the training run's data (needed where that data is
+    not on this machine). A model trained on a file is judged against that file's held-out
+    points, and the report and plots name the file.
     """
     model = open_for_eval(checkpoint, seed, device)
     config = model.config
@@ -102,18 +106,20 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
         raise EbgenError(f"{checkpoint} was trained on {data_config.path}, which is not here: "
                          f"pass --data PATH (e.g. an MNIST folder)")
     train, heldout = load_data(data_config, config.model, seed=config.train.seed)
+    builtin = data_config.path is None and data_config.dataset in TOY_SETS
+    label = data_config.dataset if builtin else (heldout.source or heldout.name)
     report: dict[str, Any] = {"model": str(checkpoint), "source": model.source,
                               "step": model.step, "kind": config.model.kind,
-                              "objective": config.train.objective,
-                              "dataset": data_config.dataset or heldout.name}
+                              "objective": config.train.objective, "dataset": label}
     plots = Path(plots_dir) if plots_dir is not None else None
     if config.model.kind == "points":
         from .metrics2d import evaluate_points
 
-        name = data_config.dataset if data_config.dataset in TOY_SETS else None
         data = heldout.values.cpu().numpy()
-        report.update(evaluate_points(model.sample, model.energy, name, data,
-                                      num_samples=num_samples or 2500))
+        report.update(evaluate_points(model.sample, model.energy,
+                                      data_config.dataset if builtin else None, data,
+                                      num_samples=num_samples or 12_500, seed=seed,
+                                      data_label=None if builtin else label))
         if plots is not None:
             report["plots"] = _points_plots(model, data, report, plots)
         return report
@@ -133,7 +139,7 @@ def _points_plots(model: Evaluated, data: np.ndarray, report: dict[str, Any],
     samples = model.sample(2000)
     x0, x1, y0, y1 = report["box"]
     noise = np.stack([rng.uniform(x0, x1, 2000), rng.uniform(y0, y1, 2000)], 1)
-    name = report["dataset"]
+    name = Path(str(report["dataset"])).name
     written = [plotting.save_points_plot(samples, plots / "samples_energy.png",
                                          energy_fn=model.energy, box=tuple(report["box"]),
                                          data=data[:2000], title=f"{name}: samples over E"),

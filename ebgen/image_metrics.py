@@ -136,7 +136,10 @@ def image_metrics(samples: np.ndarray, real: np.ndarray) -> dict[str, Any]:
       log 10 ≈ 2.30 = a single class);
     - `confident_share`: share of samples whose top class probability is ≥ 0.9;
     - `frechet_distance`: between samples and real digits in the classifier's feature space;
-    - `num_samples`, `num_real`, and `class_histogram` (10 shares of the argmax labels).
+    - `num_samples`, `num_real`, and `class_histogram` (10 shares of the argmax labels);
+    - `generator`: the distribution metrics of `ebgen.distribution_metrics` in the classifier's
+      feature space — MMD² over the data-vs-data floor (median-heuristic bandwidth) and
+      precision/recall beside those of the real digits' two halves (the ceiling).
 
     Needs at least 2 samples and 2 real digits (for the covariances). Like most classifiers it
     is confident on some inputs that are no digits at all (uniform noise reads as a sure "8"),
@@ -158,4 +161,21 @@ def image_metrics(samples: np.ndarray, real: np.ndarray) -> dict[str, Any]:
         "num_samples": int(len(samples)),
         "num_real": int(len(real)),
         "class_histogram": [float(share) for share in histogram],
+        "generator": feature_distribution(sample_features, real_features),
     }
+
+
+def feature_distribution(sample_features: np.ndarray, real_features: np.ndarray
+                         ) -> dict[str, Any]:
+    """MMD² ratio and precision/recall of samples against real digits, in feature space."""
+    from . import distribution_metrics as dm
+
+    if len(real_features) < 8 or len(sample_features) < 10:
+        return {}
+    mmd = dm.mmd_report(sample_features, real_features, bandwidth_factor=dm.FEATURES_BANDWIDTH,
+                        local=False)
+    half = len(real_features) // 2
+    pr = dm.precision_recall_report(sample_features, real_features[:half],
+                                    real_features[half:])
+    return {"mmd2_ratio": mmd["mmd2_ratio"], "mmd2": mmd["mmd2"], "mmd2_floor": mmd["mmd2_floor"],
+            "n": mmd["n"], **pr}

@@ -88,6 +88,52 @@ def calibration_loss(energy_data: torch.Tensor, x: torch.Tensor, k: int = 3) -> 
     return energy_data.mean() - (importance_weights(energy_data, x, k) * energy_data).sum()
 
 
+def kde_proposal(u: torch.Tensor, n: int, broad_std: float = 2.0, k: int = 3
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` points from a known density around a (standardised) data batch, and their log q.
+
+    q = ½·KDE(batch; bandwidth h) + ½·N(0, broad_std²·I), with h twice the batch's median
+    distance to its k-th neighbour: one half sits on the data, the other reaches everywhere an
+    energy might hide mass (between and around the modes). No gradient. Low-D data only.
+    """
+    with torch.no_grad():
+        u = u.flatten(1).float()
+        m, d = u.shape
+        sq = u.pow(2).sum(1)
+        dist2 = (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp_min(0)
+        dist2.fill_diagonal_(float("inf"))
+        h = 2.0 * dist2.topk(min(k, m - 1), dim=1, largest=False).values[:, -1].sqrt().median()
+        h = h.clamp_min(1e-6)
+        near = n // 2
+        y = torch.cat([u[torch.randint(0, m, (near,), device=u.device)]
+                       + h * torch.randn(near, d, device=u.device),
+                       broad_std * torch.randn(n - near, d, device=u.device)])
+        y_sq = y.pow(2).sum(1)
+        to_data = (y_sq[:, None] + sq[None, :] - 2 * y @ u.T).clamp_min(0)
+        log_norm = lambda std: -0.5 * d * math.log(2 * math.pi * std ** 2)
+        log_kde = torch.logsumexp(-0.5 * to_data / h ** 2, dim=1) - math.log(m) \
+            + log_norm(float(h))
+        log_broad = -0.5 * y_sq / broad_std ** 2 + log_norm(broad_std)
+        log_q = torch.logaddexp(log_kde, log_broad) - math.log(2)
+    return y, log_q
+
+
+def likelihood_loss(energy_data: torch.Tensor, energy_proposal: torch.Tensor,
+                    log_q: torch.Tensor) -> torch.Tensor:
+    """Importance-sampled maximum likelihood: mean E(x_data) − Σ wⱼ E(yⱼ), wⱼ ∝ exp(−E(yⱼ))/q(yⱼ).
+
+    With y from a known density q (`kde_proposal`) its gradient is the exact likelihood
+    gradient up to the estimate's noise: wherever exp(−E) holds more mass than the data —
+    between modes, around them — the weights are large and E is raised there. The weights are
+    truncated as in `importance_weights` (no sample above the √n-th heaviest).
+    """
+    with torch.no_grad():
+        log_w = -energy_proposal.float() - log_q
+        cap = log_w.topk(max(1, round(len(log_w) ** 0.5))).values[-1]
+        w = torch.softmax(log_w.clamp_max(cap), dim=0)
+    return energy_data.mean() - (w * energy_proposal).sum()
+
+
 def energy_loss(energy_data: torch.Tensor, energy_samples: torch.Tensor) -> torch.Tensor:
     """DDGM energy loss: push data energy down and sample energy up."""
     return energy_data.mean() - energy_samples.mean()

@@ -1,7 +1,12 @@
-"""Evaluation metrics for 2-D energy models: mode coverage and the grid KL of the energy.
+"""Evaluation of low-dimensional (points) models: distributions first, then modes and the KL.
 
+* `evaluate_points` — the report of `ebgen eval` for a points model: for the generator's samples
+  and for exact samples of exp(−E) (drawn on a grid, 2-D), the MMD² ratio to the data-vs-data
+  floor and precision/recall beside fresh data's (`ebgen.distribution_metrics`); for built-in
+  sets also each mode's share against its weight and the VEEGAN mode metrics; the grid KL.
 * `mode_metrics` — the VEEGAN protocol (Srivastava et al. 2017): how many of a mixture's modes
-  the samples reach, and which share of samples lies within 3σ of its nearest mode.
+  the samples reach, and which share of samples lies within 3σ (Mahalanobis) of its mode.
+* `mode_shares` — each mode's share of the samples over its weight in the mixture.
 * `grid_kl` — KL(p_data ‖ p_E) in nats with both densities discretised on one grid of cell
   centres, where p_E ∝ exp(−E). Stable in float64 log-space, so a diverged energy gives a large
   finite number instead of inf/nan.
@@ -18,7 +23,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import EbgenError
-from .toy2d import TOY_SETS
+from . import distribution_metrics as dm
+from .toy2d import TOY_SETS, ToySet
 
 Box = tuple[float, float, float, float]
 EnergyFn = Callable[[np.ndarray], np.ndarray]
@@ -30,37 +36,34 @@ CHUNK = 65536
 _ENERGY_CLIP = 1e30
 
 
-def _nearest(samples: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of and distance to the nearest centre for each sample, chunked."""
-    idx = np.empty(len(samples), dtype=np.int64)
-    dist = np.empty(len(samples))
-    for start in range(0, len(samples), 4096):
-        chunk = samples[start:start + 4096]
-        sq = ((chunk[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
-        j = sq.argmin(axis=1)
-        idx[start:start + 4096] = j
-        dist[start:start + 4096] = np.sqrt(sq[np.arange(len(chunk)), j])
-    return idx, dist
-
-
-def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: float) -> dict:
+def mode_metrics(samples: np.ndarray, toy: ToySet) -> dict:
     """VEEGAN mode metrics: modes captured and the fraction of high-quality samples.
 
-    A sample is high quality when within 3·std of its nearest mode; a mode is captured when it
-    is the nearest mode of at least one high-quality sample. Non-finite samples count as low
-    quality.
+    A sample is high quality when within 3σ (Mahalanobis, in its most probable mode's own
+    covariance) of that mode; a mode is captured when it is the mode of at least one
+    high-quality sample. Non-finite samples count as low quality.
     """
     samples = np.asarray(samples, dtype=np.float64).reshape(-1, 2)
-    centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
-    n = len(samples)
-    if n == 0:
-        return {"modes": 0, "num_modes": len(centers), "high_quality": 0.0}
-    finite = np.isfinite(samples).all(axis=1)
-    idx, dist = _nearest(np.where(finite[:, None], samples, 0.0), centers)
-    good = finite & (dist <= 3.0 * std)
+    if len(samples) == 0:
+        return {"modes": 0, "num_modes": toy.num_modes, "high_quality": 0.0}
+    idx, dist = toy.assign(samples)
+    good = dist <= 3.0
     captured = np.unique(idx[good])
-    return {"modes": int(len(captured)), "num_modes": int(len(centers)),
+    return {"modes": int(len(captured)), "num_modes": toy.num_modes,
             "high_quality": float(good.mean())}
+
+
+def mode_shares(samples: np.ndarray, toy: ToySet) -> dict:
+    """Each mode's share of the samples (by most probable mode) over its mixture weight.
+
+    Returns `share_ratio_min` / `share_ratio_max` (1 = every mode gets exactly its weight) and
+    `share_ratios`, one per mode.
+    """
+    idx, _ = toy.assign(np.asarray(samples, dtype=np.float64).reshape(-1, 2))
+    shares = np.bincount(idx[idx >= 0], minlength=toy.num_modes) / max(1, len(idx))
+    ratios = shares / toy.weights
+    return {"share_ratio_min": float(ratios.min()), "share_ratio_max": float(ratios.max()),
+            "share_ratios": [round(float(r), 4) for r in ratios]}
 
 
 def grid_points(box: Box, resolution: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -174,31 +177,71 @@ def default_box(data: np.ndarray, margin: float = 0.25) -> Box:
             float(centre[1] - half), float(centre[1] + half))
 
 
+#: Repeats of the MMD (each n ≤ 2,500 samples against as many data points).
+MMD_REPEATS = 5
+#: Grid resolution of the exact samples of exp(−E).
+SAMPLING_RESOLUTION = 1000
+
+
+def distribution_report(samples: np.ndarray, pool: np.ndarray, seed: int = 0) -> dict:
+    """MMD² ratios (global and local kernels) and precision/recall of `samples` against the
+    data `pool`, beside fresh data's values."""
+    mmd = dm.mmd_report(samples, pool, repeats=MMD_REPEATS, seed=seed)
+    half = len(pool) // 2
+    pr = dm.precision_recall_report(samples, pool[:half], pool[half:])
+    keep = ("mmd2_ratio", "mmd2_local_ratio", "mmd2", "mmd2_floor", "mmd2_bandwidth",
+            "mmd2_local_bandwidth", "n")
+    return {**{k: mmd[k] for k in keep}, **pr}
+
+
 def evaluate_points(sample_fn: Callable[[int], np.ndarray], energy_fn: EnergyFn,
                     dataset_name: str | None, data: np.ndarray | None,
-                    num_samples: int = 2500, resolution: int = 400) -> dict:
-    """The evaluation report of a 2-D model.
+                    num_samples: int = 12_500, resolution: int = 400, seed: int = 0,
+                    data_label: str | None = None) -> dict:
+    """The evaluation report of a points model (2-D gets the grid parts).
 
-    For a built-in set: VEEGAN mode metrics on `sample_fn(num_samples)` (sets with modes) and
-    the grid KL against the exact density. Otherwise the grid KL against a KDE of `data`.
+    For a built-in set the reference is a fresh draw of 10,000 points from it and the exact
+    density; otherwise `data` (the held-out points) and, for the KL, their KDE. Reports, for
+    the generator's `num_samples` samples and (2-D) as many exact samples of exp(−E):
+    `generator` / `energy` sections with MMD² ratios, precision/recall and their data
+    ceilings (and, for built-in sets with modes, mode shares and VEEGAN metrics); then the
+    grid KL of the energy. `data_label` names the data in the report (e.g. the file).
     """
-    report: dict = {"num_samples": int(num_samples), "resolution": int(resolution)}
-    if dataset_name in TOY_SETS:
-        toy = TOY_SETS[dataset_name]
-        box = default_box(toy.sample(20000, np.random.default_rng(0)))
-        if toy.has_modes:
-            samples = np.asarray(sample_fn(num_samples), dtype=np.float64).reshape(-1, 2)
-            report.update(mode_metrics(samples, toy.centers, toy.std))
+    toy = TOY_SETS.get(dataset_name) if dataset_name is not None else None
+    if toy is not None:
+        pool = toy.sample(10_000, np.random.default_rng([seed, 0xDA7A]))
         log_density, density = toy.log_density, "exact"
     else:
         if data is None:
             raise EbgenError(f"no data to evaluate against for data set {dataset_name!r}")
-        data = np.asarray(data, dtype=np.float64)
-        if data.ndim != 2 or data.shape[1] != 2:
-            raise EbgenError(f"2-D evaluation needs points of shape (n, 2), got {data.shape}")
-        box = default_box(data)
-        log_density, density = kde_log_density(data), "kde"
-    report["kl_data_energy"] = grid_kl(energy_fn, log_density, box, resolution)
-    report["box"] = [float(v) for v in box]
+        pool = np.asarray(data, dtype=np.float64)
+        if pool.ndim != 2 or len(pool) < 4:
+            raise EbgenError(f"evaluation needs at least 4 held-out points (n, D), got "
+                             f"{pool.shape}")
+        pool = pool[np.random.default_rng([seed, 0xDA7A]).permutation(len(pool))]
+        log_density, density = None, "kde"
+    dim = pool.shape[1]
+    report: dict = {"data": data_label or (toy.description if toy else "held-out points"),
+                    "num_samples": int(num_samples), "num_reference": int(len(pool))}
+    samples = np.asarray(sample_fn(num_samples), dtype=np.float64).reshape(num_samples, -1)
+    views = {"generator": samples}
+    box = default_box(pool) if dim == 2 else None
+    if box is not None:
+        views["energy"] = dm.sample_energy_grid(energy_fn, box, num_samples,
+                                                SAMPLING_RESOLUTION, seed=seed)
+    for view, x in views.items():
+        section = distribution_report(x, pool, seed=seed)
+        if toy is not None and toy.has_modes:
+            section.update(mode_shares(x, toy))
+            section.update(mode_metrics(x, toy))
+        report[view] = section
+    if toy is not None and toy.has_modes:
+        report["data_high_quality"] = mode_metrics(pool, toy)["high_quality"]
+    if box is not None:
+        if log_density is None:
+            log_density = kde_log_density(pool)
+        report["kl_data_energy"] = grid_kl(energy_fn, log_density, box, resolution)
+        report["box"] = [float(v) for v in box]
+        report["resolution"] = int(resolution)
     report["density"] = density
     return report

@@ -10,6 +10,10 @@
     layout, pixel_range, channel_order
                                     "NCHW", [-1.0, 1.0], "L" or "RGB" (images only)
     latent                          {"distribution": "uniform"|"normal", "z_dim": int}
+    data_units                      points only: {"shift": [D], "scale": [D], "log_det"}: the
+                                    nets inside work on (x − shift) / scale; every ONNX input
+                                    and output is in the data's own units, and energies
+                                    include log_det = Σ log scale (the change of variables)
     architecture                    the training ModelConfig dict (rebuilds the nets)
     onnx                            {"opset": int, "batch_axis": "batch",
                                      "generator": {"file", "input", "output", "sha256"},

@@ -1,6 +1,7 @@
 """The two networks of Kim & Bengio (2016): `EnergyModel` E(x) and `Generator` G(z).
 
-Images are float tensors `x` (N, C, H, W) in [-1, 1]; 2-D points are `x` (N, 2). Image nets are
+Images are float tensors `x` (N, C, H, W) in [-1, 1]; points are `x` (N, D) in the data's own
+units (the nets inside work on standardised coordinates, `InputAffine`). Image nets are
 DCGAN-like convolutional stacks (8, 16, 28, 32 and 64 px, grey or RGB); point nets are MLPs.
 `build_models(config)` makes both from a `ModelConfig`, which is all a checkpoint needs.
 """
@@ -36,6 +37,33 @@ class HiddenNoise(nn.Module):
         if self.training and self.std > 0:
             return h + self.std * torch.randn_like(h)
         return h
+
+
+class InputAffine(nn.Module):
+    """The points models' standardisation: u = (x − shift) / scale, per dimension.
+
+    The nets of a points model work on u, while every input and output of the model is in the
+    data's own units x. `log_det` = Σ log scale is the change of variables: the energy in x
+    units is E(u) + log_det, so p(x) = p(u) / Π scale and two scalings of the same data get the
+    same density. Identity (shift 0, scale 1) for images and unstandardised models. Non-persistent
+    buffers: the values come from the config, so weights files keep their keys.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dim = config.data_dim if config.kind == "points" else 1
+        shift = config.data_shift if config.kind == "points" and config.data_shift else [0.0] * dim
+        scale = config.data_scale if config.kind == "points" and config.data_scale else [1.0] * dim
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32), persistent=False)
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
+        self.log_det = float(torch.log(torch.tensor(scale, dtype=torch.float64)).sum())
+        self.identity = all(v == 0.0 for v in shift) and all(v == 1.0 for v in scale)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.identity else (x - self.shift) / self.scale
+
+    def restore(self, u: torch.Tensor) -> torch.Tensor:
+        return u if self.identity else u * self.scale + self.shift
 
 
 class EnergyModel(nn.Module):
@@ -80,16 +108,24 @@ class EnergyModel(nn.Module):
             self.log_sigma = nn.Parameter(torch.zeros(()))
             self.bias = nn.Parameter(torch.zeros(input_dim))
         self.experts = nn.Linear(feature_dim, config.num_experts)
+        self.affine = InputAffine(config)
+
+    @property
+    def input_scale(self) -> torch.Tensor | float:
+        """Per-dimension data scale (1.0 when there is none): ∇ᵤE = input_scale · ∇ₓE for the
+        standardised input u."""
+        return 1.0 if self.affine.identity else self.affine.scale
 
     @torch.no_grad()
     def fit_base(self, x: torch.Tensor) -> None:
         """Set the "data" base to the mean and (floored) variance of training samples `x`."""
-        flat = x.flatten(1).double()
+        flat = self.affine.standardise(x).flatten(1).double()
         variance = flat.var(0, unbiased=False).clamp_min(self.config.base_min_variance)
         self.base_mean.copy_(flat.mean(0))
         self.base_precision.copy_(1.0 / variance)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.affine.standardise(x)
         flat = x.flatten(1)
         if self.config.base == "data":
             prior = 0.5 * ((flat - self.base_mean).pow(2) * self.base_precision).sum(1)
@@ -97,7 +133,8 @@ class EnergyModel(nn.Module):
             prior = (flat.pow(2).sum(1) * (0.5 * torch.exp(-2 * self.log_sigma))
                      - flat @ self.bias)
         experts = F.softplus(self.experts(self.features(x))).sum(1)
-        return (prior - experts).float()
+        energy = prior - experts
+        return (energy if self.affine.identity else energy + self.affine.log_det).float()
 
 
 class Generator(nn.Module):
@@ -133,9 +170,10 @@ class Generator(nn.Module):
                 channels //= 2
             layers += [nn.ConvTranspose2d(channels, config.channels, 4, 2, 1), nn.Tanh()]
             self.net = nn.Sequential(*layers)
+        self.affine = InputAffine(config)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).float()
+        return self.affine.restore(self.net(z)).float()
 
     def batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:
         """Every batch-norm layer, in order (their scales γ give the entropy estimate)."""

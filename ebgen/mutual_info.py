@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .models import InputAffine
 
 
 class StatisticsNetwork(nn.Module):
@@ -32,8 +33,10 @@ class StatisticsNetwork(nn.Module):
             size_in = width
         layers.append(nn.Linear(size_in, 1))
         self.net = nn.Sequential(*layers)
+        self.affine = InputAffine(config)  # points: T sees standardised samples
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        x = self.affine.standardise(x)
         return self.net(torch.cat([x.flatten(1), z.flatten(1)], dim=1)).squeeze(1).float()
 
 

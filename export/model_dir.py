@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -108,7 +109,8 @@ def export_networks(model: ModelConfig, energy: torch.nn.Module, generator: torc
     """Write and check generator.onnx, generator_uint8.onnx (images) and energy.onnx.
 
     Returns (model.json's `onnx` file entries, its `parity` table). Generator inputs are
-    seeded latents; energy inputs are uniform in [-1, 1] (images) or N(0, 2²) (points).
+    seeded latents; energy inputs are uniform in [-1, 1] (images) or, for points, Gaussian
+    around the data (its mean, twice its std: N(0, 2²) in standardised units).
     """
     def latents(n: int, seed: int) -> np.ndarray:
         return sample_latents(n, model.z_dim, seed, model.latent)
@@ -117,7 +119,10 @@ def export_networks(model: ModelConfig, energy: torch.nn.Module, generator: torc
         rng = np.random.default_rng(seed)
         if model.kind == "image":
             return rng.uniform(-1, 1, (n, *model.sample_shape)).astype(np.float32)
-        return (2.0 * rng.standard_normal((n, *model.sample_shape))).astype(np.float32)
+        shift = np.asarray(model.data_shift or 0.0)
+        scale = np.asarray(model.data_scale or 1.0)  # around the data, in its own units
+        return (shift + 2.0 * scale * rng.standard_normal((n, *model.sample_shape))
+                ).astype(np.float32)
 
     nets = [("generator", GENERATOR_ONNX, generator, latents, GENERATOR_INPUT,
              GENERATOR_OUTPUT)]
@@ -156,6 +161,10 @@ def model_info(config: Config, meta: dict[str, Any], checkpoint: Path, name: str
     if model.kind == "image":
         info.update(layout="NCHW", pixel_range=list(PIXEL_RANGE),
                     channel_order="L" if model.channels == 1 else "RGB")
+    else:
+        scale = model.data_scale or [1.0] * model.data_dim
+        info["data_units"] = {"shift": model.data_shift or [0.0] * model.data_dim,
+                              "scale": scale, "log_det": sum(math.log(v) for v in scale)}
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     info.update({
         "latent": {"distribution": model.latent, "z_dim": model.z_dim},

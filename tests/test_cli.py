@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from ebgen.cli.main import cli
+from ebgen.toy2d import get_toy_set
 
 MNIST = Path(__file__).parent / "data" / "mnist"
 
@@ -61,9 +62,29 @@ def test_toy2d_train_and_eval(tmp_path):
     assert run("train", "--preset", "toy2d", "--dataset", "8gaussians", "--steps", "30",
                "--out", str(out), "--quiet").exit_code == 0
     report = json.loads(run("eval", str(out), "--json", "--num-samples", "500").output)
-    assert report["num_modes"] == 8 and 0 <= report["modes"] <= 8
-    assert 0 <= report["high_quality"] <= 1 and np.isfinite(report["kl_data_energy"])
+    gen = report["generator"]
+    assert report["dataset"] == "8gaussians" and report["density"] == "exact"
+    assert gen["num_modes"] == 8 and 0 <= gen["modes"] <= 8
+    assert 0 <= gen["high_quality"] <= 1 and np.isfinite(report["kl_data_energy"])
+    assert gen["mmd2_ratio"] > 0 and 0 <= report["energy"]["precision"] <= 1
     assert (out / "samples" / "step_0000030.png").exists()
+
+
+def test_a_model_of_a_data_file_is_judged_against_that_file(tmp_path):
+    """Not the preset's built-in ring: the file's own held-out points, a KDE, its name."""
+    points = tmp_path / "moons.npy"
+    np.save(points, get_toy_set("moons").sample(3000, np.random.default_rng(0)))
+    out = tmp_path / "mine"
+    assert run("train", "--preset", "toy2d", "--data", str(points), "--steps", "20",
+               "--out", str(out), "--quiet").exit_code == 0
+    assert json.loads((out / "config.json").read_text())["data"]["dataset"] is None
+    r = run("eval", str(out), "--json", "--num-samples", "500", "--plots", str(tmp_path / "p"))
+    report = json.loads(r.output)
+    assert report["dataset"] == str(points) and report["data"] == str(points)
+    assert report["density"] == "kde" and report["num_reference"] == 300  # its held-out 10 %
+    assert "modes" not in report["generator"] and "data_high_quality" not in report
+    text = run("eval", str(out), "--num-samples", "500").output
+    assert "moons.npy" in text and "8gaussians" not in text
 
 
 def _error(result) -> str:

@@ -14,6 +14,7 @@ from PIL import Image
 from ebgen.config import DataConfig, ModelConfig
 from ebgen.data import Dataset, load_data
 from ebgen.errors import DataError
+from ebgen.toy2d import TOY_SETS
 
 MNIST_DIR = Path(__file__).parent / "data" / "mnist"
 POINTS = ModelConfig(kind="points")
@@ -29,13 +30,14 @@ def one_line_error(excinfo: pytest.ExceptionInfo) -> str:
     return message
 
 
-@pytest.mark.parametrize("name", ["8gaussians", "25gaussians", "swissroll"])
+@pytest.mark.parametrize("name", list(TOY_SETS))
 def test_toy_sets_shape_range_and_seed(name: str) -> None:
     train, held = load_data(DataConfig(dataset=name, num_points=500), POINTS, seed=3)
     assert isinstance(train, Dataset) and train.kind == "points" and train.source is None
     assert train.values.shape == (500, 2) and train.values.dtype == torch.float32
     assert len(held) == 1000 and held.sample_shape == (2,)
-    assert train.values.abs().max() < 3.0
+    toy = TOY_SETS[name]
+    assert ((train.values - torch.tensor(toy.shift)).abs().max() / toy.scale) < 3.0
     assert not torch.equal(train.values[:100], held.values[:100])
     again, _ = load_data(DataConfig(dataset=name, num_points=500), POINTS, seed=3)
     other, _ = load_data(DataConfig(dataset=name, num_points=500), POINTS, seed=4)

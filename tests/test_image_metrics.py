@@ -87,6 +87,15 @@ def test_image_metrics_flag_a_single_class(digits) -> None:
         "frechet_distance"]
 
 
+def test_feature_distribution_metrics_tell_real_digits_from_one_class(digits) -> None:
+    images, labels = digits
+    half = len(images) // 2
+    real = image_metrics(images[:half], images[half:])["generator"]
+    threes = image_metrics(images[labels == 3], images[half:])["generator"]
+    assert real["mmd2_ratio"] < 2.0 and real["recall_ratio"] > 0.8
+    assert threes["mmd2_ratio"] > 2.5 * real["mmd2_ratio"] and threes["recall_ratio"] < 0.5
+
+
 def test_classes_covered_counts_classes_with_at_least_one_percent(digits, classified) -> None:
     images, _ = digits
     predicted = classified[0].argmax(axis=1)

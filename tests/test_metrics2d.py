@@ -1,20 +1,22 @@
-"""Tests of the 2-D metrics: VEEGAN mode coverage, the grid KL, the KDE and the eval report."""
+"""Tests of the points metrics: mode coverage and shares, the grid KL, the KDE, the report."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+import pytest
+
 from ebgen.metrics2d import (default_box, energy_grid, evaluate_points, grid_kl,
-                             kde_log_density, mode_metrics)
-from ebgen.toy2d import get_toy_set
+                             kde_log_density, mode_metrics, mode_shares)
+from ebgen.toy2d import TOY_SETS, get_toy_set
 
 RING = get_toy_set("8gaussians")
 BOX = default_box(RING.sample(5000, np.random.default_rng(1)))
 
 
 def test_mode_metrics_exact_samples_cover_all_modes():
-    m = mode_metrics(RING.sample(2500, np.random.default_rng(0)), RING.centers, RING.std)
+    m = mode_metrics(RING.sample(2500, np.random.default_rng(0)), RING)
     assert m["modes"] == 8 and m["num_modes"] == 8
     assert m["high_quality"] >= 0.99
 
@@ -23,12 +25,30 @@ def test_mode_metrics_three_modes_and_noise():
     rng = np.random.default_rng(0)
     idx = rng.integers(0, 3, 1000)
     x = RING.centers[idx] + RING.std * rng.standard_normal((1000, 2))
-    assert mode_metrics(x, RING.centers, RING.std)["modes"] == 3
+    assert mode_metrics(x, RING)["modes"] == 3
     noise = rng.uniform([BOX[0], BOX[2]], [BOX[1], BOX[3]], size=(2500, 2))
-    assert mode_metrics(noise, RING.centers, RING.std)["high_quality"] < 0.1
+    assert mode_metrics(noise, RING)["high_quality"] < 0.1
     bad = np.full((10, 2), np.nan)
-    assert mode_metrics(bad, RING.centers, RING.std) == {"modes": 0, "num_modes": 8,
-                                                        "high_quality": 0.0}
+    assert mode_metrics(bad, RING) == {"modes": 0, "num_modes": 8, "high_quality": 0.0}
+
+
+@pytest.mark.parametrize("name", [n for n, t in TOY_SETS.items() if t.has_modes])
+def test_exact_samples_get_every_mode_its_weight(name):
+    toy = TOY_SETS[name]
+    x = toy.sample(20000, np.random.default_rng(1))
+    shares = mode_shares(x, toy)
+    assert 0.9 < shares["share_ratio_min"] <= shares["share_ratio_max"] < 1.1
+    assert mode_metrics(x, toy)["high_quality"] > 0.98
+
+
+def test_mode_shares_see_a_missing_and_a_doubled_mode():
+    unequal = get_toy_set("unequal")
+    x = unequal.sample(20000, np.random.default_rng(0))
+    idx, _ = unequal.assign(x)
+    light = x[idx == 5]                       # the 5 % mode
+    shares = mode_shares(np.concatenate([x[idx != 5], light, light]), unequal)
+    assert 1.8 < shares["share_ratios"][5] < 2.1
+    assert mode_shares(x[idx != 5], unequal)["share_ratio_min"] == 0.0
 
 
 def test_default_box_is_square_with_margin():
@@ -70,17 +90,46 @@ def test_kde_integrates_to_one():
 def test_evaluate_points_exact_model():
     rng = np.random.default_rng(0)
     rep = evaluate_points(lambda n: RING.sample(n, rng), lambda p: -RING.log_density(p),
-                          "8gaussians", None, num_samples=2000, resolution=300)
-    assert rep["modes"] == 8 and rep["num_modes"] == 8 and rep["high_quality"] > 0.99
+                          "8gaussians", None, num_samples=5000, resolution=300)
+    gen, energy = rep["generator"], rep["energy"]
+    assert gen["modes"] == 8 and gen["num_modes"] == 8 and gen["high_quality"] > 0.98
     assert rep["kl_data_energy"] < 0.05 and rep["density"] == "exact"
-    assert rep["num_samples"] == 2000 and rep["resolution"] == 300 and len(rep["box"]) == 4
+    assert rep["num_samples"] == 5000 and rep["resolution"] == 300 and len(rep["box"]) == 4
+    for view in (gen, energy):  # exact samples of both views sit at the data's floor
+        assert view["mmd2_ratio"] < 1.6 and view["mmd2_local_ratio"] < 1.6
+        assert view["precision_ratio"] > 0.95 and view["recall_ratio"] > 0.95
+        assert 0.85 < view["share_ratio_min"] <= view["share_ratio_max"] < 1.15
+    assert rep["data_high_quality"] > 0.98
+
+
+def test_evaluate_points_sees_sharp_samples_and_a_floor_of_mass():
+    """The failure modes HQ % hides: samples too sharp per mode, and energy mass off the modes."""
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 8, 5000)
+    sharp = RING.centers[idx] + 0.5 * RING.std * rng.standard_normal((5000, 2))
+
+    def floored(p):  # the exact density plus 10 % of its mass spread over the box
+        area = (BOX[1] - BOX[0]) * (BOX[3] - BOX[2])
+        return -np.logaddexp(np.log(0.9) + RING.log_density(p), np.log(0.1 / area))
+
+    rep = evaluate_points(lambda n: sharp[:n], floored, "8gaussians", None, num_samples=5000,
+                          resolution=300)
+    assert rep["generator"]["high_quality"] > 0.99           # HQ % rewards it ...
+    assert rep["generator"]["mmd2_local_ratio"] > 3          # ... the local MMD does not
+    assert rep["generator"]["recall_ratio"] < 0.85
+    # 10 % of the energy's mass off the modes: 10 % fewer precise samples (a diffuse floor
+    # moves the global MMD little, 1.1-1.6× at these sizes; precision and HQ are what see it).
+    assert rep["energy"]["precision_ratio"] < 0.93 and rep["energy"]["high_quality"] < 0.92
 
 
 def test_evaluate_points_kde_for_user_data():
     data = RING.sample(2000, np.random.default_rng(0))
     kde = kde_log_density(data)
-    good = evaluate_points(lambda n: data[:n], lambda p: -kde(p), None, data, resolution=150)
+    good = evaluate_points(lambda n: data[:n], lambda p: -kde(p), None, data, resolution=150,
+                           num_samples=1000, data_label="ring.npy")
     bad = evaluate_points(lambda n: data[:n], lambda p: 0.5 * (p ** 2).sum(1), None, data,
-                          resolution=150)
-    assert good["density"] == "kde" and "modes" not in good
+                          resolution=150, num_samples=1000)
+    assert good["density"] == "kde" and "modes" not in good["generator"]
+    assert good["data"] == "ring.npy" and "data_high_quality" not in good
     assert good["kl_data_energy"] < 1e-6 and bad["kl_data_energy"] > 0.1
+    assert bad["energy"]["mmd2_ratio"] > 5 * good["energy"]["mmd2_ratio"]

@@ -154,7 +154,8 @@ def test_gan_objective_builds_no_statistics_network(tmp_path):
     assert trainer.config.train.entropy == "mi" and trainer.statistics is None
     assert trainer.train_step()["entropy"].isfinite()  # logs the cheap batch-norm estimate
     trainer.step = trainer.config.train.steps  # past the handover: still R1 only
-    assert trainer._energy_term_weights() == (trainer.config.train.gradient_penalty, 0.0, 0.0)
+    assert trainer._energy_term_weights() == (trainer.config.train.gradient_penalty, 0.0, 0.0,
+                                              0.0)
 
 
 def _energy_loss_after_one_step(tmp_path, **terms) -> float:
@@ -209,7 +210,7 @@ def test_bad_energy_terms_are_refused_clearly(tmp_path):
         preset_config("toy2d", score_matching_std=0.0)
     with pytest.raises(EbgenError, match="score_matching_share is a share"):
         preset_config("toy2d", score_matching_share=0.0)
-    with pytest.raises(EbgenError, match="--calibration needs low-dimensional"):
+    with pytest.raises(EbgenError, match="--calibration and --likelihood need low-dimensional"):
         Trainer(preset_config("tiny", calibration=1.0), tmp_path, progress=False)
 
 
@@ -217,16 +218,19 @@ def test_calibrate_from_hands_r1_over_to_score_matching_and_calibration(tmp_path
     config = preset_config("toy2d", steps=10, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048,
                            gradient_penalty=0.01, score_matching=10.0, calibration=3.0,
-                           calibrate_from=0.5)
+                           likelihood=2.0, calibrate_from=0.5, calibrate_entropy="knn")
     trainer = Trainer(config, tmp_path / "handover", progress=False)
-    weights = []
+    weights, estimates = [], []
     for _ in range(config.train.steps):
         weights.append(trainer._energy_term_weights())
+        estimates.append(trainer._entropy_estimate())
         trainer.train_step()
-    assert weights[:5] == [(0.01, 0.0, 0.0)] * 5 and weights[5:] == [(0.0, 10.0, 3.0)] * 5
-    config.train.calibrate_from = 0.0  # 0: all three from the start
+    assert weights[:5] == [(0.01, 0.0, 0.0, 0.0)] * 5
+    assert weights[5:] == [(0.0, 10.0, 3.0, 2.0)] * 5
+    assert estimates == ["mi"] * 5 + ["knn"] * 5  # the entropy hands over too
+    config.train.calibrate_from = 0.0  # 0: all four from the start
     assert Trainer(config, tmp_path / "together", progress=False)._energy_term_weights() == (
-        0.01, 10.0, 3.0)
+        0.01, 10.0, 3.0, 2.0)
     with pytest.raises(EbgenError, match="calibrate_from is a share"):
         preset_config("toy2d", calibrate_from=1.0)
 
@@ -242,14 +246,15 @@ def test_ablation_benchmark_smoke_and_table_from_json(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = json.loads(results.read_text())
-    assert [(r["variant"], r["steps"], r["num_modes"]) for r in runs] == [
+    assert [(r["variant"], r["steps"], r["generator"]["num_modes"]) for r in runs] == [
         ("paper", 3, 8), ("mine", 3, 8)]
     assert runs[1]["overrides"] == {"gradient_penalty": 1}
     table = done.stdout[done.stdout.index("| variant |"):]
     again = subprocess.run(common + ["--from-json", str(results)], capture_output=True,
                            text=True, timeout=60)
     assert again.returncode == 0 and again.stdout == table
-    assert "| paper | " in table and "| mine | " in table
+    assert "| paper | 8gaussians | 1 | " in table and "| mine | 8gaussians | 1 | " in table
+    assert table.count("not met") == 2  # 3 steps meet no goal
 
 
 @pytest.mark.slow

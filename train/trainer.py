@@ -20,14 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, save_checkpoint,
                               unwrap)
 from ebgen.config import Config
-from ebgen.data import load_data
+from ebgen.data import load_data, standardisation
 from ebgen.errors import EbgenError
 from ebgen.evaluate import energy_function
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gan_generator_loss, generator_loss, gradient_penalty,
-                          calibration_loss, input_gradients, knn_entropy,
-                          score_matching)
+                          calibration_loss, input_gradients, kde_proposal, knn_entropy,
+                          likelihood_loss, score_matching)
 from ebgen.models import build_models
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
@@ -44,8 +44,10 @@ class Trainer:
     def __init__(self, config: Config, out_dir: str | Path, resume: bool = False,
                  progress: bool = True) -> None:
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
-        if config.train.calibration > 0 and config.model.kind != "points":
-            raise EbgenError("--calibration needs low-dimensional (points) data: its "
+        if (config.train.calibration > 0 or config.train.likelihood > 0) \
+                and config.model.kind != "points":
+            raise EbgenError("--calibration and --likelihood need low-dimensional (points) data: "
+                             "their "
                              "nearest-neighbour densities mean nothing in pixel space")
         self.runtime = setup_runtime(config.train.device)
         self.device = self.runtime.device
@@ -59,6 +61,10 @@ class Trainer:
             _, energy, generator, _ = load_checkpoint(self.out_dir)
         else:
             _check_fresh_out_dir(self.out_dir)
+            if config.model.kind == "points" and config.model.standardize \
+                    and config.model.data_shift is None:
+                shift, scale = standardisation(self.train_data)
+                config.model.data_shift, config.model.data_scale = shift, scale
             torch.manual_seed(config.train.seed)
             energy, generator = build_models(config.model)
             if config.model.base == "data":
@@ -68,7 +74,8 @@ class Trainer:
         generator.to(self.device).train()
         self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
         self.statistics: torch.nn.Module | None = None
-        if config.train.entropy == "mi" and config.train.objective == "ddgm":
+        if "mi" in (config.train.entropy, config.train.calibrate_entropy) \
+                and config.train.objective == "ddgm":
             self.statistics = StatisticsNetwork(config.model).to(self.device).train()
             self.statistics_opt = _adam_like(config, self.statistics.parameters(),
                                              config.train.lr_energy)
@@ -117,49 +124,59 @@ class Trainer:
             self._set_learning_rates(max(0.0, 1.0 - self.step / max(1, cfg.steps)))
         no_sync = self.energy.no_sync if self.runtime.distributed else contextlib.nullcontext
         # Generator step: gradients reach the energy too, but are discarded (and not all-reduced).
+        standardise = unwrap(self.energy).affine.standardise
+        estimate = self._entropy_estimate()
         with self._autocast(), no_sync():
             x_fake = self.generator(z)
             energy_fake = self.energy(x_fake)
-            if self.statistics is not None:  # T and G both raise the MI estimate
+            if estimate == "mi" and self.statistics is not None:  # T and G both raise the MI
                 entropy = jsd_mutual_information(self.statistics, x_fake, z)
-            elif cfg.entropy == "knn" and cfg.objective == "ddgm":
-                entropy = knn_entropy(x_fake, cfg.entropy_neighbours)
+            elif estimate == "knn" and cfg.objective == "ddgm":  # standardised: a neighbour is
+                entropy = knn_entropy(standardise(x_fake), cfg.entropy_neighbours)  # near in u
             else:
                 entropy = batchnorm_entropy(unwrap(self.generator))
             if cfg.objective == "ddgm":
                 loss_g = generator_loss(energy_fake, entropy, cfg.entropy_weight)
             else:
                 loss_g = gan_generator_loss(energy_fake)
+        train_statistics = self.statistics is not None and estimate == "mi"
         self.generator_opt.zero_grad(set_to_none=True)
-        if self.statistics is not None:
+        if train_statistics:
             self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
-        if self.statistics is not None:
+        if train_statistics:
             self.statistics_opt.step()
         # Energy step. Rows a penalty needs ∇ₓE at (data for R1, noisy data for score
         # matching) go through their own forward pass; only they pay the double backward.
-        r1, sm, cal = self._energy_term_weights()
+        r1, sm, cal, lik = self._energy_term_weights()
+        # Penalties live in the nets' standardised coordinates u = (x − shift) / scale, so their
+        # weights and noise std mean the same at any location and scale of the data.
+        scale = unwrap(self.energy).input_scale
         with self._autocast():
             n = len(x)
             graded = [x] if r1 > 0 else []
             if sm > 0:  # a random batch, so its first rows are a random subset
                 noisy = x[:max(1, round(cfg.score_matching_share * n))]
                 noise = torch.randn_like(noisy)
-                graded.append(noisy + cfg.score_matching_std * noise)
+                graded.append(noisy + cfg.score_matching_std * scale * noise)
             plain = [x_fake.detach()] if r1 > 0 else [x, x_fake.detach()]
             plain_energies = self.energy(torch.cat(plain))
             energy_samples = plain_energies[-n:]
             if graded:
                 inputs = torch.cat(graded).requires_grad_(True)
                 graded_energies = self.energy(inputs)
-                grad = input_gradients(graded_energies, inputs)
+                grad = input_gradients(graded_energies, inputs) * scale  # ∇ᵤE
             energy_data = graded_energies[:n] if r1 > 0 else plain_energies[:n]
             if cfg.objective == "ddgm":
                 loss_e = energy_loss(energy_data, energy_samples)
                 if cal > 0:
-                    loss_e = loss_e + cal * calibration_loss(energy_data, x,
+                    loss_e = loss_e + cal * calibration_loss(energy_data, standardise(x),
                                                              cfg.entropy_neighbours)
+                if lik > 0:
+                    y, log_q = kde_proposal(standardise(x), len(x), k=cfg.entropy_neighbours)
+                    energy_y = self.energy(unwrap(self.energy).affine.restore(y))
+                    loss_e = loss_e + lik * likelihood_loss(energy_data, energy_y, log_q)
             else:
                 loss_e = gan_discriminator_loss(energy_data, energy_samples)
             if r1 > 0:
@@ -217,16 +234,30 @@ class Trainer:
         teardown_runtime(self.runtime)
         return last
 
-    def _energy_term_weights(self) -> tuple[float, float, float]:
-        """This step's (R1, score matching, calibration) weights, per `calibrate_from`."""
+    def _calibrating(self) -> bool:
+        """Whether this step is past `calibrate_from` (always, when it is 0)."""
+        cfg = self.config.train
+        return cfg.calibrate_from <= 0 or self.step >= cfg.calibrate_from * cfg.steps
+
+    def _entropy_estimate(self) -> str:
+        """This step's entropy estimate: `calibrate_entropy` once calibrating, else `entropy`."""
+        cfg = self.config.train
+        if cfg.calibrate_entropy is not None and cfg.calibrate_from > 0 and self._calibrating():
+            return cfg.calibrate_entropy
+        return cfg.entropy
+
+    def _energy_term_weights(self) -> tuple[float, float, float, float]:
+        """This step's (R1, score matching, calibration, likelihood) weights, per
+        `calibrate_from`."""
         cfg = self.config.train
         if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
-            return cfg.gradient_penalty, 0.0, 0.0
+            return cfg.gradient_penalty, 0.0, 0.0, 0.0
+        late = (cfg.score_matching, cfg.calibration, cfg.likelihood)
         if cfg.calibrate_from <= 0:
-            return cfg.gradient_penalty, cfg.score_matching, cfg.calibration
-        if self.step < cfg.calibrate_from * cfg.steps:
-            return cfg.gradient_penalty, 0.0, 0.0
-        return 0.0, cfg.score_matching, cfg.calibration
+            return (cfg.gradient_penalty, *late)
+        if not self._calibrating():
+            return cfg.gradient_penalty, 0.0, 0.0, 0.0
+        return (0.0, *late)
 
     def _set_learning_rates(self, factor: float) -> None:
         cfg = self.config.train
