@@ -3,9 +3,10 @@
 Prints steps/s and samples/s per configuration (median over repeats) and the step time
 relative to a plain GAN and to the preset's GAN (`--objective gan`: the preset's R1 and lr
 decay) on the same nets: DDGM with the paper's recipe (batch-norm entropy) and with the
-preset's default recipe — before and after its handover from R1 to score matching and
-calibration (`calibrate_from`) where the preset has one — each also without the MI entropy
-estimator ("-MI": batch-norm entropy), to show what MI costs; and on CUDA fp32 vs bf16
+preset's default recipe — before and after its handover from R1 to the calibration terms and
+the late entropy estimate (`calibrate_from`, `calibrate_entropy`) where the preset has one —
+each phase that uses the MI entropy estimator also without it ("-MI": batch-norm entropy), to
+show what MI costs; and on CUDA fp32 vs bf16
 autocast. The relative step time is the median, over repeats, of ratios taken within one
 repeat (each repeat runs every variant once, in a random order), with the range over repeats
 for the GAN column.
@@ -28,16 +29,23 @@ from ebgen.config import preset_config
 from ebgen.train import Trainer
 
 
-#: (row name, preset_config overrides); the first two rows are the references.
-_CALIBRATING = {"gradient_penalty": 0.0, "calibrate_from": 0.0}  # after the handover
-VARIANTS = [("gan plain", {"objective": "gan", "recipe": "paper"}),  # no R1
+def variants_for(preset: str) -> list[tuple[str, dict]]:
+    """(row name, preset_config overrides); the first two rows are the references."""
+    train = preset_config(preset).train
+    # After `calibrate_from` (toy2d): the calibration terms instead of R1, and the late entropy.
+    calibrating = {"gradient_penalty": 0.0, "calibrate_from": 0.0,
+                   "entropy": train.calibrate_entropy or train.entropy}
+    rows = [("gan plain", {"objective": "gan", "recipe": "paper"}),  # no R1
             ("gan", {"objective": "gan"}),                       # the preset's R1 + lr decay
             ("ddgm paper", {"recipe": "paper"}),
-            ("ddgm default", {}),                                # before the handover: R1
-            # After `calibrate_from` (toy2d): score matching and calibration instead of R1.
-            ("ddgm calib.", _CALIBRATING),
-            ("ddgm default -MI", {"entropy": "bn"}),
-            ("ddgm calib. -MI", {"entropy": "bn", **_CALIBRATING})]
+            ("ddgm default", {})]                                # before the handover: R1
+    if train.calibrate_from:
+        rows.append(("ddgm calib.", calibrating))
+    if train.entropy == "mi":
+        rows.append(("ddgm default -MI", {"entropy": "bn"}))
+        if train.calibrate_from and calibrating["entropy"] == "mi":
+            rows.append(("ddgm calib. -MI", {**calibrating, "entropy": "bn"}))
+    return rows
 
 
 def measure(preset: str, variants: list[tuple[str, dict]], device: str, amp: bool, steps: int,
@@ -91,13 +99,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args()
-    variants = VARIANTS
-    preset = preset_config(args.preset).train
-    if not preset.calibrate_from:  # no handover: one default row
-        variants = [v for v in variants if not v[0].startswith("ddgm calib.")]
-    if preset.entropy != "mi":
-        variants = [v for v in variants if not v[0].endswith("-MI")]
-    batch = preset.batch_size
+    variants = variants_for(args.preset)
+    batch = preset_config(args.preset).train.batch_size
     print(f"preset {args.preset}, device {args.device}, batch {batch}, torch {torch.__version__},"
           f" {torch.get_num_threads()} threads, {args.repeats} repeats of {args.steps} steps")
     print(f"{'variant':<18}{'precision':<11}{'steps/s':>9}{'samples/s':>11}"

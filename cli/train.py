@@ -54,13 +54,17 @@ from .options import device_option, seed_option
               help="Weight of denoising score matching of E at noisy data: shapes each energy "
                    "well (ddgm only). (default: from preset)")
 @click.option("--score-matching-std", type=float, default=None,
-              help="Noise std of --score-matching, in data units. (default: 0.01)")
+              help="Noise std of --score-matching, in standardised units for points. "
+                   "(default: 0.01)")
 @click.option("--score-matching-share", type=float, default=None, metavar="SHARE",
               help="Share of the data batch (0–1] that --score-matching noises; only those rows "
                    "pay its double backward. (default: from preset)")
 @click.option("--calibration", type=float, default=None,
               help="Weight of the data batch's importance-weighted likelihood: sets how deep "
                    "each energy well is (ddgm, low-D data only). (default: from preset)")
+@click.option("--score-matching-kind", type=click.Choice(["denoising", "exact"]), default=None,
+              help="denoising (noise of --score-matching-std) or exact (no noise; the "
+                   "energy's Laplacian, low-D only). (default: denoising)")
 @click.option("--likelihood", type=float, default=None,
               help="Weight of importance-sampled maximum likelihood with a known proposal around "
                    "the data batch: removes the energy's mass between and around the data "

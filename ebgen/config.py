@@ -113,7 +113,10 @@ class TrainConfig:
     energy_magnitude: float = 0.0 # weight of mean(E_data² + E_samples²) (0 = off)
     score_matching: float = 0.0   # weight of denoising score matching at noisy data (ddgm
     #                               only, like `calibration`; 0 = off)
-    score_matching_std: float = 0.01  # its noise std, in data units
+    score_matching_std: float = 0.01  # its noise std, in standardised units (points)
+    score_matching_kind: str = "denoising"  # "denoising" (Vincent 2011) or "exact" (no noise,
+    #                               the Laplacian of E: low-D only; the wells get the data's
+    #                               own width, where denoising widens them by its noise)
     score_matching_share: float = 1.0  # share of the data batch it noises: only these rows pay
     #                               its double backward (the rest of the batch still trains E)
     calibration: float = 0.0      # weight of the importance-weighted likelihood of the data
@@ -158,6 +161,9 @@ class TrainConfig:
         if not 0.0 < self.score_matching_share <= 1.0:
             raise EbgenError(f"score_matching_share is a share of the batch in (0, 1], "
                              f"got {self.score_matching_share}")
+        if self.score_matching_kind not in ("denoising", "exact"):
+            raise EbgenError(f"score_matching_kind must be 'denoising' or 'exact', got "
+                             f"{self.score_matching_kind!r}")
         if self.score_matching_std <= 0:
             raise EbgenError(f"score_matching_std must be > 0, got {self.score_matching_std}")
         if self.steps < 0 or self.batch_size < 2:
@@ -208,10 +214,12 @@ PRESETS: dict[str, dict[str, dict]] = {
         dict(dataset="8gaussians"),
         # Measured in benchmarks/ablation_2d.py (README): the mutual-information entropy, a
         # small R1 penalty and a linear learning-rate decay give full mode coverage; halfway,
-        # score matching and calibration take over from R1 and set each well's width and depth.
+        # score matching, calibration and importance-sampled likelihood take over from R1 and
+        # set each well's width and depth and remove the energy's mass off the data, while the
+        # nearest-neighbour entropy takes over from MI and gives the samples their true spread.
         dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
              gradient_penalty=0.01, score_matching=10.0, score_matching_share=0.5,
-             calibration=1.0, calibrate_from=0.5,
+             calibration=1.0, likelihood=1.0, calibrate_from=0.5, calibrate_entropy="knn",
              lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
     # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
     # models"): small nets (a few MB of ONNX), the data base (shifted digits score as

@@ -114,15 +114,19 @@ def test_score_a_real_digit_and_noise_with_the_bundled_model(tmp_path):
     assert by_name["digit.png"]["percentile"] < 90 < by_name["noise.png"]["percentile"]
 
 
-@pytest.mark.parametrize("name, modes, high_quality", [("ring", 8, 0.9), ("grid", 25, 0.8)])
-def test_bundled_2d_models_cover_every_mode(name, modes, high_quality):
+@pytest.mark.parametrize("name, modes", [("ring", 8), ("grid", 25)])
+def test_bundled_2d_models_cover_every_mode_with_the_datas_spread(name, modes):
     model = ebgen.load_model(name, device="cpu")
     toy = get_toy_set(model.info["provenance"]["config"]["data"]["dataset"])
     got = mode_metrics(model.generate(2500, seed=0).astype(np.float64), toy)
-    assert got["modes"] == modes and got["high_quality"] >= high_quality
+    assert got["modes"] == modes and got["high_quality"] >= 0.75
     report = json.loads(run("eval", name, "--json").output)  # the energy: a calibrated density
-    assert report["generator"]["modes"] == modes and report["kl_data_energy"] < 0.5
-    assert report["energy"]["modes"] == modes
+    gen, energy = report["generator"], report["energy"]
+    assert gen["modes"] == modes and energy["modes"] == modes and report["kl_data_energy"] < 0.2
+    # Not too sharp (the MI-only recipe's local MMD² was 43× and 9× the floor, recall 0.78-0.86)
+    # and no floor of energy mass off the modes (its exact samples' MMD² was 7×).
+    assert gen["recall_ratio"] > 0.95 and gen["mmd2_local_ratio"] < 5
+    assert energy["mmd2_ratio"] < 4 and energy["precision_ratio"] > 0.9
 
 
 def test_eval_a_bundled_model_with_plots(tmp_path):

@@ -130,3 +130,21 @@ def test_the_user_units_travel_through_export_and_the_onnx_runtime(tmp_path):
     data = np.load(path)[:200]
     scores = model.score(data)
     assert np.isfinite(scores["energy"]).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_exact_score_matching_is_minimal_at_the_datas_own_width(scale):
+    from ebgen.losses import exact_score_matching, input_gradients
+
+    torch.manual_seed(0)
+    x = torch.randn(20000, 2) * torch.tensor([0.5, 2.0]) * scale
+
+    def loss(s1: float, s2: float) -> float:
+        inputs = x.clone().requires_grad_(True)
+        u = inputs / scale
+        energy = 0.5 * (u[:, 0] ** 2 / s1 ** 2 + u[:, 1] ** 2 / s2 ** 2)
+        grad_u = input_gradients(energy, inputs) * scale
+        return exact_score_matching(grad_u, inputs, scale, len(x), 1.0).item()
+
+    best = loss(0.5, 2.0)
+    assert all(loss(*wrong) > best for wrong in [(0.4, 2.0), (0.6, 2.0), (0.5, 1.6), (0.5, 2.5)])

@@ -116,7 +116,13 @@ def test_recipes_and_their_errors():
     assert default.train.score_matching > 0 and default.train.calibration > 0
     assert 0 < default.train.calibrate_from < 1
     assert (paper.train.score_matching, paper.train.calibration) == (0.0, 0.0)
+    assert default.train.likelihood > 0 and default.train.calibrate_entropy == "knn"
+    assert (paper.train.likelihood, paper.train.calibrate_entropy) == (0.0, None)
     assert paper.train.recipe == "paper"
+    with pytest.raises(EbgenError, match="calibrate_entropy must be"):
+        preset_config("toy2d", calibrate_entropy="exact")
+    with pytest.raises(EbgenError, match="score_matching_kind must be"):
+        preset_config("toy2d", score_matching_kind="sliced")
     assert preset_config("toy2d", recipe="paper", entropy="knn").train.entropy == "knn"
     with pytest.raises(EbgenError, match="unknown recipe"):
         preset_config("toy2d", recipe="magic")
@@ -159,7 +165,7 @@ def test_gan_objective_builds_no_statistics_network(tmp_path):
 
 
 def _energy_loss_after_one_step(tmp_path, **terms) -> float:
-    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0,
+    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
                    calibrate_from=0.0) | terms
     config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048, **weights)
@@ -172,6 +178,10 @@ def test_score_matching_and_calibration_enter_the_energy_step(tmp_path):
     # Same seed, same draws: only the added term changes the energy loss.
     assert _energy_loss_after_one_step(tmp_path, score_matching=1.0) > plain
     assert _energy_loss_after_one_step(tmp_path, calibration=1.0) != plain
+    assert _energy_loss_after_one_step(tmp_path, likelihood=1.0) != plain
+    exact = _energy_loss_after_one_step(tmp_path, score_matching=1.0,
+                                        score_matching_kind="exact")
+    assert exact != plain and exact != _energy_loss_after_one_step(tmp_path, score_matching=1.0)
 
 
 def test_score_matching_share_noises_that_share_of_the_batch(tmp_path):
@@ -188,9 +198,10 @@ def test_score_matching_share_noises_that_share_of_the_batch(tmp_path):
     (dict(gradient_penalty=1.0, score_matching=1.0, score_matching_share=0.25),
      [(32, False), (40, True)]),                                    # data + 8 noisy rows
     (dict(objective="gan", gradient_penalty=1.0), [(32, False), (32, True)]),
+    (dict(likelihood=1.0), [(64, False), (32, False)]),            # + the known proposal
 ])
 def test_only_rows_a_penalty_needs_pay_the_double_backward(tmp_path, terms, forwards):
-    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0,
+    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
                    calibrate_from=0.0, entropy="bn") | terms
     config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048, **weights)
@@ -267,5 +278,5 @@ def test_train_speed_benchmark_prints_every_row_against_both_gans():
     rows = {line[:18].strip(): line[18:].split() for line in done.stdout.splitlines()
             if line.endswith(")")}
     assert list(rows) == ["variant", "gan plain", "gan", "ddgm paper", "ddgm default",
-                          "ddgm calib.", "ddgm default -MI", "ddgm calib. -MI"]
+                          "ddgm calib.", "ddgm default -MI"]  # no MI after the handover
     assert rows["gan plain"][3] == "1.00x" and rows["gan"][4:] == ["1.00x", "(1.00-1.00)"]

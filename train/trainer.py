@@ -26,8 +26,8 @@ from ebgen.evaluate import energy_function
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gan_generator_loss, generator_loss, gradient_penalty,
-                          calibration_loss, input_gradients, kde_proposal, knn_entropy,
-                          likelihood_loss, score_matching)
+                          calibration_loss, exact_score_matching, input_gradients,
+                          kde_proposal, knn_entropy, likelihood_loss, score_matching)
 from ebgen.models import build_models
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
@@ -156,10 +156,11 @@ class Trainer:
         with self._autocast():
             n = len(x)
             graded = [x] if r1 > 0 else []
+            exact = cfg.score_matching_kind == "exact"
             if sm > 0:  # a random batch, so its first rows are a random subset
                 noisy = x[:max(1, round(cfg.score_matching_share * n))]
                 noise = torch.randn_like(noisy)
-                graded.append(noisy + cfg.score_matching_std * scale * noise)
+                graded.append(noisy if exact else noisy + cfg.score_matching_std * scale * noise)
             plain = [x_fake.detach()] if r1 > 0 else [x, x_fake.detach()]
             plain_energies = self.energy(torch.cat(plain))
             energy_samples = plain_energies[-n:]
@@ -181,7 +182,10 @@ class Trainer:
                 loss_e = gan_discriminator_loss(energy_data, energy_samples)
             if r1 > 0:
                 loss_e = loss_e + r1 * gradient_penalty(grad[:n])
-            if sm > 0:
+            if sm > 0 and exact:
+                loss_e = loss_e + sm * exact_score_matching(grad, inputs, scale, len(noise),
+                                                            cfg.score_matching_std)
+            elif sm > 0:
                 loss_e = loss_e + sm * score_matching(grad[-len(noise):], noise,
                                                       cfg.score_matching_std)
             if cfg.energy_magnitude > 0:
@@ -259,6 +263,11 @@ class Trainer:
             return cfg.gradient_penalty, 0.0, 0.0, 0.0
         return (0.0, *late)
 
+    def _data_name(self) -> str:
+        """The data's name for plot titles: the built-in set, or the file's name."""
+        data = self.config.data
+        return Path(data.path).name if data.path else str(data.dataset)
+
     def _set_learning_rates(self, factor: float) -> None:
         cfg = self.config.train
         pairs = [(self.energy_opt, cfg.lr_energy), (self.generator_opt, cfg.lr_generator)]
@@ -300,7 +309,7 @@ class Trainer:
             data = self.train_data.values[:2000].cpu().numpy()
             plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
                                    box=default_box(data), data=data,
-                                   title=f"{self.config.data.dataset} — step {self.step}")
+                                   title=f"{self._data_name()} — step {self.step}")
         return path
 
 
