@@ -30,19 +30,21 @@ TOY_SET_NAMES = ("8gaussians", "25gaussians", "swissroll", "unequal", "anisotrop
 #: name → config overrides on top of the toy2d preset (the default recipe is the preset itself).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    # The default before issue 13: MI entropy throughout, no importance-sampled likelihood.
+    "previous": {"likelihood": 0.0, "calibrate_entropy": None},
     "paper": {"recipe": "paper"},
     "gan": {"objective": "gan"},
 }
 
 
 def parse_value(text: str) -> Any:
-    """'1e-3' → 1e-3, '5' → 5, 'true' → True, anything else stays a string."""
+    """'1e-3' → 1e-3, '5' → 5, 'true' → True, 'none' → None, anything else stays a string."""
     for kind in (int, float):
         try:
             return kind(text)
         except ValueError:
             pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
@@ -68,6 +70,10 @@ def run_one(job: tuple[str, dict[str, Any], str, int, int | None]) -> dict[str, 
     settings = {"dataset": dataset, "seed": seed, "steps": steps, **overrides}
     with tempfile.TemporaryDirectory() as out:
         config = preset_config("toy2d", **settings)
+        for key in (k for k, v in overrides.items() if v is None):  # preset_config skips Nones
+            section = next(sec for sec in (config.model, config.data, config.train)
+                           if hasattr(sec, key))
+            setattr(section, key, None)
         config.train.sample_every = config.train.checkpoint_every = config.train.steps
         start = time.perf_counter()
         train(config, out, progress=False)

@@ -251,7 +251,8 @@ def test_ablation_benchmark_smoke_and_table_from_json(tmp_path):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation_2d.py"
     results = tmp_path / "runs.json"
     common = [sys.executable, str(script), "--datasets", "8gaussians"]
-    done = subprocess.run(common + ["--variants", "paper", "--variant", "mine:gradient_penalty=1",
+    mine = "mine:gradient_penalty=1,calibrate_entropy=none"  # 'none' sets a field to None
+    done = subprocess.run(common + ["--variants", "paper", "--variant", mine,
                                     "--seeds", "0", "--steps", "3", "--jobs", "1",
                                     "--json", str(results)],
                           capture_output=True, text=True, timeout=300)
@@ -259,7 +260,7 @@ def test_ablation_benchmark_smoke_and_table_from_json(tmp_path):
     runs = json.loads(results.read_text())
     assert [(r["variant"], r["steps"], r["generator"]["num_modes"]) for r in runs] == [
         ("paper", 3, 8), ("mine", 3, 8)]
-    assert runs[1]["overrides"] == {"gradient_penalty": 1}
+    assert runs[1]["overrides"] == {"gradient_penalty": 1, "calibrate_entropy": None}
     table = done.stdout[done.stdout.index("| variant |"):]
     again = subprocess.run(common + ["--from-json", str(results)], capture_output=True,
                            text=True, timeout=60)
