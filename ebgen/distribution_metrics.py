@@ -13,14 +13,10 @@
   samples on the data's manifold (too-wide or between-mode samples lower it); recall: the share
   of data on the samples' manifold (missing spread or modes lower it). Reported beside the
   same numbers for fresh data B in place of the samples (the ceiling).
-* `sample_energy_grid` — exact samples of p ∝ exp(−E) in 2-D: cells of a fine grid drawn by
-  their probability, then a uniform point inside the cell.
 
 Numpy only; pairwise work is chunked so 10,000 × 10,000 stays within a few hundred MB.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 
@@ -186,30 +182,3 @@ def precision_recall_report(samples: np.ndarray, data_a: np.ndarray, data_b: np.
             "recall_data": recall_data,
             "precision_ratio": precision / max(precision_data, 1e-12),
             "recall_ratio": recall / max(recall_data, 1e-12)}
-
-
-def sample_energy_grid(energy_fn: Callable[[np.ndarray], np.ndarray],
-                       box: tuple[float, float, float, float], n: int, resolution: int = 1000,
-                       seed: int = 0, chunk: int = 65536) -> np.ndarray:
-    """`n` exact samples (up to the grid's resolution) of p ∝ exp(−E) restricted to `box`."""
-    x0, x1, y0, y1 = (float(v) for v in box)
-    dx, dy = (x1 - x0) / resolution, (y1 - y0) / resolution
-    xs = x0 + dx * (np.arange(resolution) + 0.5)
-    ys = y0 + dy * (np.arange(resolution) + 0.5)
-    log_p = np.empty(resolution * resolution)
-    for row in range(0, resolution, max(1, chunk // resolution)):
-        rows = ys[row:row + max(1, chunk // resolution)]
-        gx, gy = np.meshgrid(xs, rows)
-        pts = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
-        log_p[row * resolution:row * resolution + len(pts)] = \
-            -np.asarray(energy_fn(pts), dtype=np.float64).reshape(-1)
-    log_p = np.nan_to_num(log_p, nan=-np.inf, posinf=-np.inf)
-    log_p -= log_p.max() if np.isfinite(log_p.max()) else 0.0
-    p = np.exp(log_p)
-    if not np.isfinite(p.sum()) or p.sum() <= 0:
-        p = np.ones_like(p)
-    rng = np.random.default_rng(seed)
-    cells = rng.choice(len(p), size=n, p=p / p.sum())
-    i, j = np.divmod(cells, resolution)
-    return np.stack([xs[j] + dx * (rng.random(n) - 0.5),
-                     ys[i] + dy * (rng.random(n) - 0.5)], 1).astype(np.float32)

@@ -31,6 +31,14 @@ def batchnorm_entropy(generator: Generator) -> torch.Tensor:
     return torch.stack(terms).sum()
 
 
+def _kth_neighbour_dist2(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Squared distance from each row of `flat` (n, d) to its k-th nearest other row."""
+    sq = flat.pow(2).sum(1)
+    dist2 = (sq[:, None] + sq[None, :] - 2 * flat @ flat.T).clamp_min(1e-24)
+    dist2 = dist2 + torch.eye(len(flat), device=flat.device) * dist2.max().detach() * 4
+    return dist2.topk(k, dim=1, largest=False).values[:, -1]
+
+
 def knn_log_density(x: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Kozachenko–Leonenko nearest-neighbour log-density of each sample of a batch (nats).
 
@@ -42,10 +50,7 @@ def knn_log_density(x: torch.Tensor, k: int = 3) -> torch.Tensor:
     n, d = flat.shape
     if not 1 <= k < n:
         raise ValueError(f"need 1 <= k < batch size, got k={k}, batch {n}")
-    sq = flat.pow(2).sum(1)
-    dist2 = (sq[:, None] + sq[None, :] - 2 * flat @ flat.T).clamp_min(1e-24)
-    dist2 = dist2 + torch.eye(n, device=x.device) * dist2.max().detach() * 4  # not yourself
-    kth = dist2.topk(k, dim=1, largest=False).values[:, -1]
+    kth = _kth_neighbour_dist2(flat, k)
     harmonic = lambda m: sum(1.0 / i for i in range(1, m))  # ψ(m) + γ
     log_unit_ball = 0.5 * d * math.log(math.pi) - math.lgamma(0.5 * d + 1)
     return harmonic(k) - harmonic(n) - log_unit_ball - 0.5 * d * torch.log(kth)
@@ -100,10 +105,7 @@ def kde_proposal(u: torch.Tensor, n: int, broad_std: float = 2.0, k: int = 3
         u = u.flatten(1).float()
         m, d = u.shape
         sq = u.pow(2).sum(1)
-        dist2 = (sq[:, None] + sq[None, :] - 2 * u @ u.T).clamp_min(0)
-        dist2.fill_diagonal_(float("inf"))
-        h = 2.0 * dist2.topk(min(k, m - 1), dim=1, largest=False).values[:, -1].sqrt().median()
-        h = h.clamp_min(1e-6)
+        h = (2.0 * _kth_neighbour_dist2(u, min(k, m - 1)).sqrt().median()).clamp_min(1e-6)
         near = n // 2
         y = torch.cat([u[torch.randint(0, m, (near,), device=u.device)]
                        + h * torch.randn(near, d, device=u.device),

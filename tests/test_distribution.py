@@ -12,6 +12,7 @@ import torch
 from ebgen import distribution_metrics as dm
 from ebgen.config import preset_config
 from ebgen.losses import kde_proposal, likelihood_loss
+from ebgen.metrics2d import sample_energy_grid
 from ebgen.toy2d import get_toy_set
 
 RING = get_toy_set("8gaussians")
@@ -54,11 +55,11 @@ def test_precision_and_recall_see_spread_and_strays():
 def test_energy_grid_samples_follow_exp_minus_e():
     box = (-1.0, 1.0, -1.0, 1.0)
     energy = lambda p: 0.5 * ((p.astype(np.float64) - [0.3, -0.2]) ** 2).sum(1) / 0.1 ** 2
-    x = dm.sample_energy_grid(energy, box, 20000, resolution=400, seed=0)
+    x = sample_energy_grid(energy, box, 20000, resolution=400, seed=0)
     assert x.shape == (20000, 2) and x.dtype == np.float32
     np.testing.assert_allclose(x.mean(0), [0.3, -0.2], atol=0.005)
     np.testing.assert_allclose(x.std(0), [0.1, 0.1], rtol=0.03)
-    flat = dm.sample_energy_grid(lambda p: np.full(len(p), np.nan), box, 100, resolution=20)
+    flat = sample_energy_grid(lambda p: np.full(len(p), np.nan), box, 100, resolution=20)
     assert np.isfinite(flat).all() and (np.abs(flat) <= 1).all()
 
 

@@ -47,8 +47,7 @@ class Trainer:
         if (config.train.calibration > 0 or config.train.likelihood > 0) \
                 and config.model.kind != "points":
             raise EbgenError("--calibration and --likelihood need low-dimensional (points) data: "
-                             "their "
-                             "nearest-neighbour densities mean nothing in pixel space")
+                             "their densities mean nothing in pixel space")
         self.runtime = setup_runtime(config.train.device)
         self.device = self.runtime.device
         self.amp = config.train.amp and self.device.type == "cuda"
