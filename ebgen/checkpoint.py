@@ -3,19 +3,27 @@
 A checkpoint directory holds `config.json` (the full config, format name and version, ebgen and
 torch versions, step), `energy.safetensors`, `generator.safetensors` and `trainer_state.pt`
 (optimisers, step, RNG; loaded with `weights_only=True`). A save first writes every file under a
-temporary name, then records a commit marker, then renames each file into place; a load first
-finishes (or discards) any interrupted save. A kill at any moment thus leaves either the previous
-checkpoint or the new one, never a mix.
+temporary name, then records a commit marker, then renames each file into place. A kill at any
+moment thus leaves either the previous checkpoint or the new one, never a mix.
+
+Only the writer (`save_checkpoint`, and the trainer before it resumes) ever changes the directory:
+it finishes or discards an interrupted save (`recover`). Readers (`read_meta`, `load_checkpoint`)
+never write. They read the last committed save — under the temporary names while its renames are
+pending — and check that every file carries the same step (the weights record it in their
+safetensors metadata), retrying while a save is in flight, so a reader polling a live run
+neither disturbs it nor sees config from one step and weights from another.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from . import __version__
 from .config import Config
@@ -28,6 +36,9 @@ FORMAT_NAME = "ebgen-checkpoint"
 FORMAT_VERSION = 1
 _COMMIT = ".commit"
 _TMP = ".tmp"
+#: How long a reader waits for a save in flight to finish before giving up.
+READ_TIMEOUT_S = 10.0
+_STEP_KEY = "step"
 
 
 def _fsync_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -45,17 +56,58 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def recover(directory: str | Path) -> None:
-    """Finish a save that was interrupted after its commit marker, or discard one before it."""
+    """Finish a save that was interrupted after its commit marker, or discard one before it.
+
+    For the writer only (a reader would delete the files a live save is staging). Safe when
+    several processes recover one directory at once: each step tolerates the others' work.
+    """
     directory = Path(directory)
     marker = directory / _COMMIT
-    if marker.exists():
-        for name in json.loads(marker.read_text()):
-            tmp = directory / (name + _TMP)
-            if tmp.exists():
-                os.replace(tmp, directory / name)
-        marker.unlink()
+    try:
+        names = json.loads(marker.read_text())
+    except FileNotFoundError:
+        names = None
+    except ValueError:  # a marker is written atomically; an unreadable one commits nothing
+        names = []
+    if names is not None:
+        for name in names:
+            try:
+                os.replace(directory / (name + _TMP), directory / name)
+            except FileNotFoundError:
+                pass  # already in place
+        marker.unlink(missing_ok=True)
     for tmp in directory.glob("*" + _TMP):
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def _committed_files(directory: Path) -> dict[str, Path]:
+    """Where each file of the last committed save is now, without changing anything."""
+    try:
+        pending = set(json.loads((directory / _COMMIT).read_text()))
+    except (FileNotFoundError, ValueError):
+        pending = set()
+    files = {}
+    for name in (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE):
+        staged = directory / (name + _TMP)
+        files[name] = staged if name in pending and staged.exists() else directory / name
+    return files
+
+
+class _SaveInFlight(Exception):
+    """A save changed the files under a reader; read again."""
+
+
+def _read_consistently(directory: Path, read: Callable[[dict[str, Path]], Any]) -> Any:
+    """`read(files)` on the last committed save, again while a save in flight disturbs it."""
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    while True:
+        try:
+            return read(_committed_files(directory))
+        except (FileNotFoundError, _SaveInFlight):
+            if time.monotonic() > deadline:
+                raise CheckpointError(f"checkpoint {directory} kept changing while being read "
+                                      f"for {READ_TIMEOUT_S:.0f} s; try again") from None
+            time.sleep(0.02)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -72,11 +124,12 @@ def save_checkpoint(directory: str | Path, config: Config, energy: torch.nn.Modu
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     recover(directory)
+    tag = {_STEP_KEY: str(step)}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "ebgen_version": __version__,
             "torch_version": torch.__version__, "step": step, **config.to_dict()}
     writers: dict[str, Callable[[Path], None]] = {
-        ENERGY_WEIGHTS: lambda p: save_file(_state(energy), str(p)),
-        GENERATOR_WEIGHTS: lambda p: save_file(_state(generator), str(p)),
+        ENERGY_WEIGHTS: lambda p: save_file(_state(energy), str(p), metadata=tag),
+        GENERATOR_WEIGHTS: lambda p: save_file(_state(generator), str(p), metadata=tag),
         CONFIG_FILE: lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"),
     }
     if trainer_state is not None:
@@ -91,41 +144,91 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in unwrap(module).state_dict().items()}
 
 
+def _check_directory(directory: Path) -> None:
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    if not (directory / CONFIG_FILE).exists() and not (directory / (CONFIG_FILE + _TMP)).exists():
+        raise CheckpointError(f"{directory} is not an ebgen checkpoint: no {CONFIG_FILE}")
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
     """The checkpoint's config.json as a dict, after checking the format and version."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    recover(directory)
-    path = directory / CONFIG_FILE
+    _check_directory(directory)
+    return _read_consistently(directory, lambda files: _read_config(files[CONFIG_FILE]))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise CheckpointError(f"{directory} is not an ebgen checkpoint: no {CONFIG_FILE}")
+        raise FileNotFoundError(path)
     return read_format_json(path, FORMAT_NAME, FORMAT_VERSION)
+
+
+def _read_weights(path: Path, step: int) -> dict[str, torch.Tensor]:
+    """The tensors of `path`, which must belong to the save of `step` (when it says)."""
+    if not path.exists():
+        raise FileNotFoundError(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved_step = (f.metadata() or {}).get(_STEP_KEY)
+            if saved_step is not None and saved_step != str(step):
+                raise _SaveInFlight
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except (_SaveInFlight, FileNotFoundError):
+        raise
+    except Exception as e:  # a damaged or foreign file: one line for the user
+        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[Config, EnergyModel, Generator, dict[str, Any]]:
     """Rebuild (config, energy, generator, meta) from a checkpoint; nets are in eval mode."""
     directory = Path(directory)
-    meta = read_meta(directory)
+    _check_directory(directory)
+
+    def read(files: dict[str, Path]) -> tuple[dict[str, Any], dict[str, dict]]:
+        meta = _read_config(files[CONFIG_FILE])
+        weights = {}
+        for name in (ENERGY_WEIGHTS, GENERATOR_WEIGHTS):
+            if not files[name].exists() and not (directory / _COMMIT).exists():
+                raise CheckpointError(f"checkpoint {directory} is missing {name}")
+            weights[name] = _read_weights(files[name], meta.get("step", 0))
+        return meta, weights
+
+    meta, weights = _read_consistently(directory, read)
     config = Config.from_dict(meta)
     energy, generator = build_models(config.model)
     for module, name in ((energy, ENERGY_WEIGHTS), (generator, GENERATOR_WEIGHTS)):
-        path = directory / name
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {directory} is missing {name}")
         try:
-            module.load_state_dict(load_file(str(path)))
-        except Exception as e:  # safetensors / shape errors: one line for the user
-            raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+            module.load_state_dict(weights[name])
+        except Exception as e:  # shape errors: one line for the user
+            raise CheckpointError(f"cannot load {directory / name}: "
+                                  f"{str(e).splitlines()[0]}") from None
     energy.to(device).eval()
     generator.to(device).eval()
     return config, energy, generator, meta
 
 
 def load_trainer_state(directory: str | Path) -> dict[str, Any]:
-    """The optimiser/step/RNG state saved beside the weights (loaded with weights_only=True)."""
-    path = Path(directory) / TRAINER_STATE
-    if not path.exists():
-        raise CheckpointError(f"cannot resume: {path} is missing")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The optimiser/step/RNG state saved beside the weights (loaded with weights_only=True),
+    from the same save as `read_meta`'s config."""
+    directory = Path(directory)
+    _check_directory(directory)
+
+    def read(files: dict[str, Path]) -> dict[str, Any]:
+        step = _read_config(files[CONFIG_FILE]).get("step", 0)
+        path = files[TRAINER_STATE]
+        if not path.exists() and not (directory / _COMMIT).exists():
+            raise CheckpointError(f"cannot resume: {directory / TRAINER_STATE} is missing")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # a tampered or damaged file: refused, in one line
+            raise CheckpointError(f"cannot resume from {path}: "
+                                  f"{str(e).splitlines()[0]}") from None
+        if int(state.get("step", step)) != step:
+            raise _SaveInFlight
+        return state
+
+    return _read_consistently(directory, read)

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ebgen.checkpoint import load_checkpoint, load_trainer_state, read_meta, save_checkpoint
+from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
+                              save_checkpoint)
 from ebgen.config import preset_config
 from ebgen.errors import CheckpointError, EbgenError
 from ebgen.train import Trainer, resume_config, train
@@ -93,9 +94,12 @@ def test_fresh_run_refuses_an_existing_checkpoint(tmp_path):
 def test_interrupted_save_is_finished_or_discarded(tmp_path):
     train(preset_config("tiny", steps=2), tmp_path, progress=False)
     before = _weights(tmp_path)
-    # A save killed before its commit marker: stray temp files are discarded.
+    # A save killed before its commit marker: readers skip the stray temp file and leave it;
+    # the writer (here, a resumed run) discards it.
     (tmp_path / "energy.safetensors.tmp").write_bytes(b"half a file")
     assert read_meta(tmp_path)["step"] == 2
+    assert (tmp_path / "energy.safetensors.tmp").exists()
+    recover(tmp_path)
     assert not (tmp_path / "energy.safetensors.tmp").exists()
     assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path).items())
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, save_checkpoint,
-                              unwrap)
+from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
+                              save_checkpoint, unwrap)
 from ebgen.config import Config
 from ebgen.data import load_data, standardisation
 from ebgen.errors import EbgenError
@@ -57,6 +57,9 @@ class Trainer:
             self.train_data.values = self.train_data.values.to(self.device)
         self.step = 0
         if resume:
+            if self.runtime.is_main:  # the writer finishes an interrupted save; ranks wait
+                recover(self.out_dir)
+            barrier(self.runtime)
             _, energy, generator, _ = load_checkpoint(self.out_dir)
         else:
             _check_fresh_out_dir(self.out_dir)

@@ -1,0 +1,131 @@
+"""Checkpoints under concurrency: readers polling a live run, several recoverers at once."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
+                              save_checkpoint)
+from ebgen.config import preset_config
+from ebgen.models import build_models
+
+EBGEN = [sys.executable, "-m", "ebgen.cli.main"]
+
+
+def _nets_at(step: float):
+    config = preset_config("tiny")
+    energy, generator = build_models(config.model)
+    with torch.no_grad():
+        for p in [*energy.parameters(), *generator.parameters()]:
+            p.fill_(step)
+    return config, energy, generator
+
+
+def _values(*modules) -> set[float]:
+    return {float(v) for m in modules for p in m.parameters() for v in p.detach().flatten()[:1]}
+
+
+def test_readers_polling_a_live_run_neither_break_it_nor_see_mixed_files(tmp_path):
+    config, energy, generator = _nets_at(0)
+    save_checkpoint(tmp_path, config, energy, generator, 0, trainer_state={})
+    errors, done = [], threading.Event()
+
+    def write() -> None:
+        try:
+            for step in range(1, 81):
+                _, e, g = _nets_at(step)
+                save_checkpoint(tmp_path, config, e, g, step, trainer_state={})
+        except Exception as error:  # reported below: the writer must never fail
+            errors.append(error)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while not done.is_set():
+        _, e, g, meta = load_checkpoint(tmp_path)
+        assert _values(e, g) == {float(meta["step"])}  # config and weights of one save
+        state = load_trainer_state(tmp_path)
+        assert state["step"] >= meta["step"]  # the same save or a later one
+        reads += 1
+    writer.join()
+    assert not errors, errors
+    assert reads > 5 and read_meta(tmp_path)["step"] == 80
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / ".commit").exists()
+
+
+def _interrupted_save(directory, step: int, committed: bool) -> None:
+    """A save of nets filled with `step`, killed after staging (and committing, if asked)."""
+    config, energy, generator = _nets_at(step)
+    save_checkpoint(directory, config, energy, generator, step, trainer_state={})
+    for name in ("config.json", "energy.safetensors", "generator.safetensors",
+                 "trainer_state.pt"):
+        os.replace(directory / name, directory / (name + ".tmp"))
+    old_config, old_energy, old_generator = _nets_at(step - 1)
+    save_checkpoint(directory / "old", old_config, old_energy, old_generator, step - 1, {})
+    for path in (directory / "old").iterdir():
+        os.replace(path, directory / path.name)
+    (directory / "old").rmdir()
+    if committed:
+        (directory / ".commit").write_text(json.dumps(
+            ["energy.safetensors", "generator.safetensors", "config.json", "trainer_state.pt"]))
+
+
+@pytest.mark.parametrize("committed", [True, False])
+def test_readers_see_the_last_committed_save_of_a_killed_writer_and_change_nothing(
+        tmp_path, committed):
+    _interrupted_save(tmp_path, 7, committed)
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    _, energy, generator, meta = load_checkpoint(tmp_path)
+    expected = 7 if committed else 6
+    assert meta["step"] == load_trainer_state(tmp_path)["step"] == expected
+    assert _values(energy, generator) == {float(expected)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing  # a reader never writes
+
+
+def test_several_processes_recovering_one_interrupted_save_all_succeed(tmp_path):
+    for attempt in range(30):
+        directory = tmp_path / str(attempt)
+        directory.mkdir()
+        _interrupted_save(directory, 7, committed=True)
+        errors = []
+
+        def run() -> None:
+            try:
+                recover(directory)
+            except Exception as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, f"attempt {attempt}: {errors}"
+        _, energy, generator, meta = load_checkpoint(directory)
+        assert meta["step"] == 7 and _values(energy, generator) == {7.0}
+        assert not list(directory.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_training_survives_a_reader_polling_its_run(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(EBGEN + ["train", "--preset", "tiny", "--steps", "300",
+                                     "--checkpoint-every", "2", "--sample-every", "1000",
+                                     "--quiet", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    reads = 0
+    while proc.poll() is None:
+        if (out / "config.json").exists():
+            read_meta(out)
+            load_checkpoint(out)
+            reads += 1
+        time.sleep(0.01)
+    assert proc.returncode == 0, proc.stderr.read()[-2000:]
+    assert reads > 10 and read_meta(out)["step"] == 300
