@@ -16,7 +16,8 @@ from .options import device_option, model_arguments, pick_model
 @click.option("--host", default="127.0.0.1", show_default=True, envvar="EBGEN_HOST",
               metavar="ADDR", help="Address to listen on; 0.0.0.0 exposes the service.")
 @click.option("--port", type=int, default=8080, show_default=True, envvar="EBGEN_PORT",
-              help="Inference port (TorchServe: management on PORT+1, metrics on PORT+2).")
+              help="Inference port (TorchServe: management on PORT+1, metrics on PORT+2, "
+                   "gRPC inference and management on PORT+3 and PORT+4).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes (http) or workers per model (torchserve).")
 @click.option("--max-batch-size", type=int, default=16, show_default=True,
@@ -69,7 +70,8 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
         from ebgen.serve.torchserve import TorchServeConfig, serve_torchserve
 
         cfg = TorchServeConfig(path, host=host, port=port, management_port=port + 1,
-                               metrics_port=port + 2, workers=workers,
+                               metrics_port=port + 2, grpc_inference_port=port + 3,
+                               grpc_management_port=port + 4, workers=workers,
                                max_batch_size=max_batch_size, max_delay_ms=int(max_delay_ms),
                                auth=not no_auth, workdir=workdir, limits=limits)
         sys.exit(serve_torchserve(cfg, echo=click.echo))

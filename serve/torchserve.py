@@ -46,6 +46,8 @@ class TorchServeConfig:
     port: int = 8080               # inference API
     management_port: int = 8081
     metrics_port: int = 8082
+    grpc_inference_port: int = 7070   # TorchServe always binds its two gRPC APIs too, so every
+    grpc_management_port: int = 7071  # instance on a host needs its own pair
     workers: int = 1               # per model
     max_batch_size: int = 8
     max_delay_ms: int = 5
@@ -90,6 +92,8 @@ def write_config(cfg: TorchServeConfig, store: Path, workdir: Path) -> Path:
         "inference_address": f"http://{cfg.host}:{cfg.port}",
         "management_address": f"http://127.0.0.1:{cfg.management_port}",
         "metrics_address": f"http://{cfg.host}:{cfg.metrics_port}",
+        "grpc_inference_port": cfg.grpc_inference_port,
+        "grpc_management_port": cfg.grpc_management_port,
         "disable_token_authorization": str(not cfg.auth).lower(),
         "token_expiration_min": cfg.token_expiration_min,
         "enable_model_api": "false",

@@ -63,8 +63,9 @@ def environment(steps: list[tuple[str, str]]) -> dict[str, str]:
                 for pair in shlex.split(arg))
 
 
-def three_free_ports() -> int:
-    """A port P with P, P+1, P+2 free on 127.0.0.1 (TorchServe: inference, management, metrics)."""
+def five_free_ports() -> int:
+    """A port P with P … P+4 free on 127.0.0.1 (TorchServe: inference, management, metrics and
+    the two gRPC APIs)."""
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -73,7 +74,7 @@ def three_free_ports() -> int:
             continue
         try:
             socks = []
-            for p in (port, port + 1, port + 2):
+            for p in range(port, port + 5):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", p))
@@ -83,7 +84,7 @@ def three_free_ports() -> int:
         finally:
             for s in socks:
                 s.close()
-    raise RuntimeError("no three consecutive free ports")
+    raise RuntimeError("no five consecutive free ports")
 
 
 def test_replay_install_and_start(tmp_path):
@@ -122,7 +123,7 @@ def test_replay_install_and_start(tmp_path):
                                   timeout=120)
     assert "site-packages" in import_check.stdout and "2.13.0" in import_check.stdout
 
-    port = three_free_ports()
+    port = five_free_ports()
     replacements.update({"0.0.0.0": "127.0.0.1", "8080": str(port)})
     cmd = [replacements.get(word, word) for word in json.loads(dict(steps)["CMD"])]
     check = json.loads(re.sub(r"^.*?CMD\s+", "", dict(steps)["HEALTHCHECK"]))

@@ -30,9 +30,10 @@ def model(tiny_model_dir):
 def ts(tiny_model_dir, tmp_path_factory):
     from ebgen.serve.torchserve import TorchServe, TorchServeConfig
 
-    port, mgmt, metrics = free_ports(3)
+    port, mgmt, metrics, grpc, grpc_mgmt = free_ports(5)
     cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
-                           metrics_port=metrics, max_batch_size=4, max_delay_ms=20,
+                           metrics_port=metrics, grpc_inference_port=grpc,
+                           grpc_management_port=grpc_mgmt, max_batch_size=4, max_delay_ms=20,
                            workdir=str(tmp_path_factory.mktemp("ts")),
                            limits=Limits(max_body_bytes=BODY_CAP))
     with TorchServe(cfg) as server:
@@ -65,6 +66,26 @@ def test_safe_config_and_token_auth(ts, client):
 
     assert healthcheck(ts.workdir, ts.cfg.port) == 0
     assert healthcheck(ts.workdir / "elsewhere", ts.cfg.port) == 1   # no token: refused
+
+
+@pytest.mark.slow
+def test_a_second_instance_runs_beside_the_first_on_its_own_ports(ts, tiny_model_dir, tmp_path):
+    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+
+    props = dict(line.split("=", 1) for line in
+                 (ts.workdir / "config.properties").read_text().splitlines())
+    assert props["grpc_inference_port"] == str(ts.cfg.grpc_inference_port)
+    assert props["grpc_management_port"] == str(ts.cfg.grpc_management_port)
+    port, mgmt, metrics, grpc, grpc_mgmt = free_ports(5)
+    cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
+                           metrics_port=metrics, grpc_inference_port=grpc,
+                           grpc_management_port=grpc_mgmt, workdir=str(tmp_path))
+    with TorchServe(cfg) as second:
+        second.wait_ready(150)
+        for server in (ts, second):
+            r = httpx.post(server.url("generate"), json={"seed": 3, "format": "json"},
+                           headers=server.auth_headers(), timeout=60)
+            assert r.status_code == 200, r.text
 
 
 def test_no_auth_config_and_command(tiny_model_dir, tmp_path):
