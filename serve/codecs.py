@@ -107,7 +107,7 @@ def decode_json_tensor(value: Any, dtype: str = "float32") -> np.ndarray:
         raise RequestError(422, f"unknown dtype {dtype!r}: expected float32 or uint8")
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
         raise RequestError(422, f"JSON tensor is not a rectangular array of numbers: "
                                 f"{one_line(err)}") from None
     if dtype == "uint8":
@@ -143,6 +143,8 @@ def parse_json(body: bytes | str) -> Any:
         return json.loads(body, parse_constant=no_constants)
     except (ValueError, UnicodeDecodeError) as err:
         raise RequestError(400, f"malformed JSON: {one_line(err)}") from None
+    except RecursionError:
+        raise RequestError(400, "malformed JSON: nested too deeply") from None
 
 
 # ----------------------------------------------------------------------------------- encoders
@@ -215,6 +217,8 @@ def dumps(obj: Any) -> bytes:
 #: v2 datatypes accepted on input, and their numpy types.
 V2_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8}
 V2_TENSOR_FIELDS = ("name", "shape", "datatype", "data", "parameters")
+#: Most dimensions a v2 input may have (a batch of images has 4).
+V2_MAX_DIMS = 8
 
 
 def decode_v2_tensor(tensor: Any) -> tuple[str, np.ndarray]:
@@ -230,15 +234,20 @@ def decode_v2_tensor(tensor: Any) -> tuple[str, np.ndarray]:
     if missing:
         raise RequestError(422, f"v2 input lacks {missing[0]!r}")
     name, shape, dtype = tensor["name"], tensor["shape"], tensor["datatype"]
-    if dtype not in V2_DTYPES:
-        raise RequestError(422, f"v2 datatype {json.dumps(dtype)[:20]} is not supported: "
+    if not isinstance(name, str):
+        raise RequestError(422, "v2 input name must be a string")
+    if not isinstance(dtype, str) or dtype not in V2_DTYPES:
+        shown = json.dumps(dtype)[:20] if isinstance(dtype, str) else type(dtype).__name__
+        raise RequestError(422, f"v2 datatype {shown} is not supported: "
                                 f"expected {', '.join(V2_DTYPES)}")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                               and d >= 0 for d in shape)):
-        raise RequestError(422, "v2 shape must be a list of non-negative integers")
+    if (not isinstance(shape, list) or len(shape) > V2_MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**31
+                       for d in shape)):
+        raise RequestError(422, f"v2 shape must be a list of at most {V2_MAX_DIMS} "
+                                f"non-negative integers")
     try:
         flat = np.asarray(tensor["data"], dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise RequestError(422, f"v2 data of {name!r} is not a list of numbers: "
                                 f"{one_line(err)}") from None
     if flat.size != math.prod(shape):

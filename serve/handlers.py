@@ -111,6 +111,9 @@ class EbgenHandler(BaseHandler):
                 items.append(self.check(body))
             except RequestError as err:
                 items.append(err)
+            except Exception as err:  # unforeseen input: this request's 400, not the batch's
+                log.exception("ebgen %s: request could not be read", self.kind)
+                items.append(RequestError(400, f"unreadable request: {type(err).__name__}"))
         return items
 
     def inference(self, data: list[Any], *args: Any, **kwargs: Any) -> list[service.Reply]:

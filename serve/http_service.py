@@ -38,7 +38,8 @@ from ebgen import __version__
 from . import codecs, service
 from .batching import MicroBatcher
 from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_generate,
-                         check_latents, check_samples, check_v2_request)
+                         check_finite_output, check_latents, check_samples,
+                         check_v2_request)
 
 log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
 CONFIG_ENV = "EBGEN_SERVE_CONFIG"
@@ -271,7 +272,7 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
             else:
                 params = check_generate(req["parameters"], limits)
                 z, parameters = service.latents_for(m, params), {"seed": params.seed}
-            out["x"] = await gen.submit(z)
+            out["x"] = check_finite_output(await gen.submit(z), "generator's output")
         else:
             if "x" not in tensors:
                 raise RequestError(422, "energy needs input x")

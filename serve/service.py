@@ -25,7 +25,8 @@ Request bodies (the same on `POST /generate`, `POST /score` and TorchServe's
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +36,9 @@ from ebgen.pixels import unit_to_uint8
 
 from . import codecs
 from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_count,
-                         check_fields, check_generate, check_samples)
+                         check_fields, check_finite_output, check_generate, check_samples)
 
+log = logging.getLogger(__name__)
 #: Fields of a JSON score request.
 SCORE_FIELDS = ("instances", "dtype")
 JSON_TYPE = "application/json"
@@ -93,6 +95,7 @@ def run_generator_batch(model: Any, zs: Sequence[np.ndarray]) -> list[np.ndarray
 
 def encode_generate(model: Any, params: GenerateParams, x: np.ndarray) -> Reply:
     """Samples x (float32 in [-1, 1]) encoded as the request's format asks."""
+    check_finite_output(x, "generator's output")
     seed = str(params.seed)
     if params.format == "npy":
         return Reply(codecs.encode_npy(x.astype(np.float32)), NPY_TYPE, headers={"X-Seed": seed})
@@ -121,11 +124,20 @@ def generate_batch(model: Any, requests: Sequence[GenerateParams | RequestError]
         if isinstance(r, RequestError):
             replies.append(Reply.error(r))
             continue
-        try:
-            replies.append(encode_generate(model, r, next(outputs)))
-        except RequestError as err:
-            replies.append(Reply.error(err))
+        replies.append(_isolated(lambda: encode_generate(model, r, next(outputs))))
     return replies
+
+
+def _isolated(answer: Callable[[], Reply]) -> Reply:
+    """One request's answer, its failure kept to itself: a RequestError becomes its 4xx, any
+    other exception a logged 500, never its batch neighbours' failure."""
+    try:
+        return answer()
+    except RequestError as err:
+        return Reply.error(err)
+    except Exception as err:
+        log.exception("answering one request of a batch failed")
+        return Reply.error(RequestError(500, f"internal error: {type(err).__name__}"))
 
 
 def parse_generate(body: bytes | str | Mapping | None, limits: Limits) -> GenerateParams:
@@ -195,7 +207,7 @@ def run_energy_batch(model: Any, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 def score_result(model: Any, energy: np.ndarray) -> dict[str, list[float]]:
     """Energies → {"energy", "log_density", "percentile"} lists (percentile via the runtime)."""
-    energy = np.asarray(energy, dtype=np.float32)
+    energy = check_finite_output(np.asarray(energy, dtype=np.float32), "energy")
     return {"energy": [float(e) for e in energy],
             "log_density": [float(-e) for e in energy],
             "percentile": [float(p) for p in model.percentile(energy)]}
@@ -206,7 +218,8 @@ def score_batch(model: Any, requests: Sequence[np.ndarray | RequestError]) -> li
     good = [r for r in requests if isinstance(r, np.ndarray)]
     energies = iter(run_energy_batch(model, good))
     return [Reply.error(r) if isinstance(r, RequestError)
-            else Reply.json(score_result(model, next(energies))) for r in requests]
+            else _isolated(lambda e=next(energies): Reply.json(score_result(model, e)))
+            for r in requests]
 
 
 def score_response(model: Any, payloads: Sequence[bytes | str | Mapping | np.ndarray],

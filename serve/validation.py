@@ -15,6 +15,7 @@ front doors answer it as `{"error": "<reason>"}` with that status and keep servi
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,16 +84,32 @@ def check_fields(obj: Mapping[str, Any], allowed: Iterable[str], what: str) -> N
                                 f"{', '.join(allowed)}")
 
 
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
+
+
 def _int(value: Any, name: str, low: int, high: int) -> int:
-    """An int field in [low, high] (bools, floats and strings of digits are refused)."""
+    """An int field in [low, high]: a JSON integer or a string of ASCII digits (a query
+    parameter); bools, floats and anything else digit-like ("²", "①", "--5") are refused."""
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
+        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
+            value = int(value.strip())
         else:
-            raise RequestError(422, f"{name} must be an integer, got {json.dumps(value)[:40]}")
+            shown = json.dumps(value)[:40] if isinstance(value, (str, float, bool)) or \
+                value is None else type(value).__name__
+            raise RequestError(422, f"{name} must be an integer, got {shown}")
     if not low <= value <= high:
-        raise RequestError(422, f"{name}={value} is out of range: expected {low}..{high}")
+        shown = str(value) if value.bit_length() < 64 else "a number that large"
+        raise RequestError(422, f"{name}={shown} is out of range: expected {low}..{high}")
     return value
+
+
+def check_finite_output(array: np.ndarray, what: str) -> np.ndarray:
+    """A model output that JSON and the client can use: non-finite values (latents or inputs
+    so far out that float32 overflows) are the request's fault, a 422, never a 500."""
+    if not np.isfinite(array).all():
+        raise RequestError(422, f"the {what} overflows float32 for this input: it lies too far "
+                                f"outside the range the model was trained on")
+    return array
 
 
 def _bool(value: Any, name: str) -> bool:

@@ -129,4 +129,17 @@ def bad_requests(model_shape=(1, 8, 8), body_cap: int = 2**20) -> list[tuple]:
          "application/json", 422),
         ("bad format", "generate", b'{"format": "gif"}', "application/json", 422),
         ("negative seed", "generate", b'{"seed": -1}', "application/json", 422),
+        ("superscript digit seed", "generate", '{"seed": "²"}'.encode(), "application/json", 422),
+        ("circled digit count", "generate", '{"num_samples": "①"}'.encode(),
+         "application/json", 422),
+        ("double minus seed", "generate", b'{"seed": "--5"}', "application/json", 422),
+        ("5000-digit seed", "generate", b'{"seed": "' + b"7" * 5000 + b'"}',
+         "application/json", 422),
+        ("5000-digit integer seed", "generate", b'{"seed": ' + b"7" * 5000 + b'}',
+         "application/json", 400),
+        ("integer beyond float", "score", b'{"instances": [[[' + b"1" * 400 + b']]]}',
+         "application/json", 422),
+        ("nested 5000 deep", "generate", b"[" * 5000 + b"]" * 5000, "application/json", 400),
+        ("nested 5000 deep score", "score", b'{"instances": ' + b"[" * 5000 + b"]" * 5000
+         + b"}", "application/json", 400),
     ]

@@ -211,3 +211,46 @@ def test_points_models_take_any_finite_coordinates():
     with pytest.raises(RequestError) as err:
         check_samples(np.array([[np.nan, 0.0]], np.float32), (2,))
     assert err.value.status == 422
+
+
+def test_an_unforeseen_failure_of_one_request_stays_its_own(tiny_model_dir, model, monkeypatch):
+    """One request whose check or encoding raises something unforeseen gets its own 400/500;
+    its batch neighbours are answered (TorchServe used to fail the whole batch with 503)."""
+    pytest.importorskip("ts")
+    from ebgen.serve.ts_generate import EbgenGenerate
+
+    gen = EbgenGenerate()
+    gen.initialize(MockContext(tiny_model_dir))
+    real_check = gen.check
+
+    def check(body):
+        if body.get("seed") == 13:
+            raise ZeroDivisionError("a bug only this request meets")
+        return real_check(body)
+
+    monkeypatch.setattr(gen, "check", check)
+    rows = [{"body": {"num_samples": 1, "seed": s, "format": "npy"}} for s in (1, 13, 2)]
+    rows.append({"body": {"seed": "²"}})
+    ctx = MockContext(tiny_model_dir, len(rows))
+    out = gen.handle(rows, ctx)
+    assert ctx.status == {1: 400, 3: 422}
+    assert "ZeroDivisionError" in json.loads(out[1])["error"]
+    for idx, seed in ((0, 1), (2, 2)):
+        np.testing.assert_array_equal(np.load(io.BytesIO(out[idx])), model.generate(1, seed))
+
+    real_encode = service.encode_generate
+    monkeypatch.setattr(gen, "check", real_check)
+    monkeypatch.setattr(service, "encode_generate", lambda m, p, x: (
+        real_encode(m, p, x) if p.seed != 13 else (_ for _ in ()).throw(MemoryError())))
+    ctx = MockContext(tiny_model_dir, 3)
+    out = gen.handle(rows[:3], ctx)
+    assert ctx.status == {1: 500} and "MemoryError" in json.loads(out[1])["error"]
+    np.testing.assert_array_equal(np.load(io.BytesIO(out[2])), model.generate(1, 2))
+
+
+def test_outputs_that_overflow_are_the_requests_422():
+    from ebgen.serve.validation import check_finite_output
+
+    with pytest.raises(RequestError) as err:
+        check_finite_output(np.array([1.0, np.inf], np.float32), "energy")
+    assert err.value.status == 422 and "overflows" in str(err.value)

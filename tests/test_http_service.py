@@ -128,6 +128,12 @@ def test_bad_input_gets_4xx_one_line_json_and_server_keeps_answering(
     ("/v2/models/generator/infer", {"parameters": {"num_samples": 10**6}}, 422),
     ("/v2/models/generator/infer", {"inputs": [], "extra": 1}, 422),
     ("/v2/models/nope/infer", {}, 404),
+    ("/v2/models/generator/infer", {"inputs": [{"name": "z", "shape": [1, 16],
+                                                "datatype": "FP32", "data": [3.4e38, -3.4e38] * 8}]}, 422),
+    ("/v2/models/generator/infer", {"inputs": [{"name": "z", "shape": [1, 16],
+                                                "datatype": ["FP32"], "data": [0.0] * 16}]}, 422),
+    ("/v2/models/generator/infer", {"inputs": [{"name": "z", "shape": [1] * 66,
+                                                "datatype": "FP32", "data": [0.0]}]}, 422),
 ])
 def test_bad_v2_requests(server, path, body, status):
     r = server.post(path, json=body)
