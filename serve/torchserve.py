@@ -5,8 +5,9 @@ and starts TorchServe with the directory's two archives (`generate.mar`, `score.
 into the working folder with the `ts_generate.py` / `ts_score.py` handlers when the model
 directory lacks them). Safe defaults: every address on 127.0.0.1, token auth on (keys in
 `<workdir>/key_file.json`), the model-management API off, `allowed_urls` local files only,
-Prometheus metrics. TorchServe's pid file, temp files, logs and keys all stay in the working
-folder, so several instances never clash.
+Prometheus metrics; the keys are renewed every half of their lifetime (TorchServe's token API),
+so a long-running server never starts refusing them. TorchServe's pid file, temp files, logs
+and keys all stay in the working folder, so several instances never clash.
 
     with TorchServe(TorchServeConfig("models/tiny", port=8080)) as ts:
         ts.wait_ready()
@@ -21,7 +22,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +35,7 @@ from ebgen.model_format import read_model_info
 
 from .validation import LIMITS_ENV, Limits
 
+log = logging.getLogger(__name__)
 ARCHIVES = ("generate", "score")
 KEY_FILE = "key_file.json"
 HANDLER_DIR = Path(__file__).resolve().parent
@@ -52,7 +56,7 @@ class TorchServeConfig:
     max_batch_size: int = 8
     max_delay_ms: int = 5
     auth: bool = True
-    token_expiration_min: int = 1440
+    token_expiration_min: float = 1440  # keys' lifetime; renewed every half of it
     workdir: str | None = None     # default: a new temporary folder
     limits: Limits = field(default_factory=Limits)
     startup_timeout_s: float = 180.0
@@ -136,6 +140,8 @@ class TorchServe:
         self.workdir = Path(cfg.workdir or tempfile.mkdtemp(prefix="ebgen-torchserve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process: subprocess.Popen | None = None
+        self._stop_renewing = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     @property
     def key_file(self) -> Path:
@@ -171,6 +177,33 @@ class TorchServe:
         self.log = open(self.workdir / "torchserve.out", "ab")
         self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+        if self.cfg.auth:
+            self._stop_renewing.clear()
+            self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
+                                             name="torchserve-token-renewer")
+            self._renewer.start()
+
+    def renew_tokens(self) -> bool:
+        """Ask TorchServe for fresh inference and management keys (its token API, with the
+        never-expiring API key); it rewrites key_file.json. True when both were renewed."""
+        api_key = read_token(self.workdir, "API")
+        if not api_key:
+            return False
+        base = f"http://127.0.0.1:{self.cfg.management_port}/token"
+        headers = {"Authorization": f"Bearer {api_key}"}
+        return all(_http("GET", f"{base}?type={kind}", headers)[0] == 200
+                   for kind in ("inference", "management"))
+
+    def _renew_loop(self) -> None:
+        """Renew the keys every half of their lifetime (every second until the first renewal
+        works), so a long-running server never answers 400 for an expired key."""
+        period = max(1.0, self.cfg.token_expiration_min * 60.0 / 2.0)
+        wait = 1.0
+        while not self._stop_renewing.wait(wait):
+            renewed = self.renew_tokens()
+            if not renewed:
+                log.debug("TorchServe token renewal did not succeed yet")
+            wait = period if renewed else 1.0
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until /ping says Healthy and both models answer a request; or raise."""
@@ -202,6 +235,7 @@ class TorchServe:
         it), SIGKILL the whole process group after `timeout` s."""
         import psutil
 
+        self._stop_renewing.set()
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             try:

@@ -69,6 +69,30 @@ def test_safe_config_and_token_auth(ts, client):
 
 
 @pytest.mark.slow
+def test_keys_are_renewed_before_they_expire(tiny_model_dir, tmp_path):
+    """Keys that live 6 s (TorchServe reads minutes as a float) stay valid for 20 s and more:
+    the launcher renews them, so the Docker HEALTHCHECK never goes unhealthy after 24 h."""
+    import time
+
+    from ebgen.serve.torchserve import TorchServe, TorchServeConfig, healthcheck, read_token
+
+    port, mgmt, metrics, grpc, grpc_mgmt = free_ports(5)
+    cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
+                           metrics_port=metrics, grpc_inference_port=grpc,
+                           grpc_management_port=grpc_mgmt, workdir=str(tmp_path),
+                           token_expiration_min=0.1)
+    with TorchServe(cfg) as server:
+        server.wait_ready(150)
+        first = read_token(tmp_path)
+        time.sleep(20)
+        assert read_token(tmp_path) != first  # renewed (the old key expired 14 s ago)
+        assert healthcheck(tmp_path, port) == 0
+        r = httpx.post(server.url("generate"), json={"seed": 1, "format": "json"},
+                       headers=server.auth_headers(), timeout=60)
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.slow
 def test_a_second_instance_runs_beside_the_first_on_its_own_ports(ts, tiny_model_dir, tmp_path):
     from ebgen.serve.torchserve import TorchServe, TorchServeConfig
 
