@@ -174,15 +174,15 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     async def validation_error(request: Request, err: RequestValidationError):
         return _error(RequestError(422, "invalid request"))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, err: Exception):
-        log.exception("internal error on %s", request.url.path)
-        return _error(RequestError(500, f"internal error: {type(err).__name__}"))
-
     @app.middleware("http")
     async def count(request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as err:  # answered here, inside the app: a normal one-line JSON 500
+            # that /metrics counts and that keeps the keep-alive connection usable
+            log.exception("internal error on %s", request.url.path)
+            response = _error(RequestError(500, f"internal error: {type(err).__name__}"))
         route = request.scope.get("route")
         endpoint = getattr(route, "path", "other")
         metrics.requests.labels(endpoint, str(response.status_code)).inc()

@@ -158,3 +158,45 @@ def test_concurrent_requests_agree_and_metrics_count_them(server, model):
     assert server.get("/nowhere").json() == {"error": "no such endpoint GET /nowhere"}
     empty = server.post("/generate", content=b"")             # empty body: the defaults
     assert empty.status_code == 200 and empty.headers["content-type"] == "image/png"
+
+
+class _BrokenGenerator:
+    """The real model, except that its generator fails (a stand-in for any server-side bug)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def generate_from_latents(self, z):
+        raise RuntimeError("a server-side bug")
+
+
+def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_model_dir):
+    import threading
+
+    import uvicorn
+
+    from ebgen.serve.http_service import ServeConfig, create_app
+
+    port = free_port()
+    app = create_app(ServeConfig(str(tiny_model_dir), port=port), model=_BrokenGenerator(model))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{base}/v2/health/live", timeout=2).status_code == 200, 30)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            r = client.post("/generate", json={"seed": 1})
+            assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}
+            assert "close" not in r.headers.get("connection", "")
+            score = client.post("/score", content=codecs.encode_npy(model.generate(2, 0)),
+                                headers={"Content-Type": "application/octet-stream"})
+            assert score.status_code == 200  # the same connection keeps answering
+            metrics = client.get("/metrics").text
+        assert 'ebgen_requests_total{endpoint="/generate",status="500"} 1.0' in metrics
+    finally:
+        server.should_exit = True
+        thread.join(10)
