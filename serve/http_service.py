@@ -37,8 +37,8 @@ from ebgen import __version__
 
 from . import codecs, service
 from .batching import MicroBatcher
-from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_generate,
-                         check_finite_output, check_latents, check_samples,
+from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_count,
+                         check_finite_output, check_generate, check_latents, check_samples,
                          check_v2_request)
 
 log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
@@ -277,6 +277,7 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
             if "x" not in tensors:
                 raise RequestError(422, "energy needs input x")
             x = check_samples(tensors["x"], m.sample_shape)
+            check_count(len(x), limits)
             result = service.score_result(m, await energy.submit(x))
             out = {"energy": np.asarray(result["energy"], np.float32),
                    "log_density": np.asarray(result["log_density"], np.float32),

@@ -132,6 +132,8 @@ def test_bad_input_gets_4xx_one_line_json_and_server_keeps_answering(
                                                 "datatype": "FP32", "data": [3.4e38, -3.4e38] * 8}]}, 422),
     ("/v2/models/generator/infer", {"inputs": [{"name": "z", "shape": [1, 16],
                                                 "datatype": ["FP32"], "data": [0.0] * 16}]}, 422),
+    ("/v2/models/energy/infer", {"inputs": [{"name": "x", "shape": [1025, 1, 8, 8],
+                                             "datatype": "FP32", "data": [0.0] * 65600}]}, 422),
     ("/v2/models/generator/infer", {"inputs": [{"name": "z", "shape": [1] * 66,
                                                 "datatype": "FP32", "data": [0.0]}]}, 422),
 ])
