@@ -129,3 +129,25 @@ def test_training_survives_a_reader_polling_its_run(tmp_path):
         time.sleep(0.01)
     assert proc.returncode == 0, proc.stderr.read()[-2000:]
     assert reads > 10 and read_meta(out)["step"] == 300
+
+
+def test_a_tampered_trainer_state_is_refused_in_one_line(tmp_path):
+    import pickle
+
+    from ebgen.errors import CheckpointError
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    config, energy, generator = _nets_at(1)
+    save_checkpoint(tmp_path, config, energy, generator, 1, trainer_state={})
+    (tmp_path / "trainer_state.pt").write_bytes(pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(CheckpointError) as err:
+        load_trainer_state(tmp_path)
+    assert "cannot resume from" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "pwned").exists()
+    result = subprocess.run(EBGEN + ["train", "--out", str(tmp_path), "--resume", "--quiet"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "cannot resume from" in result.stderr
