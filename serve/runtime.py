@@ -247,9 +247,13 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
                 if not (target / MODEL_FILE).is_file():  # else a concurrent export won
                     raise
         return target
-    if isinstance(name_or_path, str) and not path.exists():
-        bundled = bundled_model_path(name_or_path)
+    if isinstance(name_or_path, str):  # a bare bundled name wins over a folder that is not
+        bundled = bundled_model_path(name_or_path)  # a model ("./mnist" means the folder)
         if bundled is not None:
+            if path.exists():
+                log.warning("%s here is not a model directory: using the bundled model %s "
+                            "(write ./%s to mean the folder)", name_or_path, name_or_path,
+                            name_or_path)
             return bundled
     raise EbgenError(f"{name_or_path} is not a model: expected a model directory (with "
                      f"{MODEL_FILE}, from `ebgen export`), a checkpoint directory (with "

@@ -150,3 +150,13 @@ def test_resolve_model_path_refusals(tmp_path, monkeypatch):
     (bad / MODEL_FILE).write_text(json.dumps({"format": "ebgen-model", "format_version": 99}))
     with pytest.raises(EbgenError, match="format version 99"):
         load_model(bad)
+
+
+def test_a_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypatch):
+    from ebgen.bundled import bundled_model_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ring").mkdir()  # e.g. where a user keeps their ring experiments
+    assert resolve_model_path("ring") == bundled_model_path("ring")
+    with pytest.raises(EbgenError, match="not a model"):
+        resolve_model_path("./ring")  # the folder itself, asked for explicitly
