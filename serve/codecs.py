@@ -70,6 +70,8 @@ def decode_image(data: bytes) -> np.ndarray:
                 arr = np.asarray(img.convert(mode), dtype=np.uint8)
     except RequestError:
         raise
+    except Image.DecompressionBombError:
+        raise RequestError(413, "image is too large to decode") from None
     except Exception as err:  # pillow raises many kinds for damaged files
         reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", one_line(err))
         raise RequestError(400, f"corrupt or unsupported image: {reason}") from None
@@ -92,6 +94,7 @@ def decode_base64_image(text: str) -> np.ndarray:
     """A base64 PNG/JPEG string (plain or a `data:image/...;base64,` URL) as uint8 C×H×W."""
     if text.startswith("data:"):
         _, _, text = text.partition(",")
+    text = re.sub(r"[ \t\r\n]+", "", text)  # line-wrapped base64 (MIME, `base64` CLI)
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as err:

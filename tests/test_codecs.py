@@ -254,3 +254,22 @@ def test_outputs_that_overflow_are_the_requests_422():
     with pytest.raises(RequestError) as err:
         check_finite_output(np.array([1.0, np.inf], np.float32), "energy")
     assert err.value.status == 422 and "overflows" in str(err.value)
+
+
+def test_line_wrapped_base64_and_oversized_images():
+    import base64
+    import textwrap
+
+    from PIL import Image
+
+    from ebgen.serve.codecs import decode_base64_image, decode_image, encode_png
+
+    pixels = np.arange(64, dtype=np.uint8).reshape(1, 8, 8)
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(encode_png(pixels)).decode(), 76))
+    np.testing.assert_array_equal(decode_base64_image(wrapped + "\n"), pixels)
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 16  # past pillow's own bomb limit
+    header = io.BytesIO()
+    Image.new("1", (side, side)).save(header, format="PNG")
+    with pytest.raises(RequestError) as err:
+        decode_image(header.getvalue())
+    assert err.value.status == 413
