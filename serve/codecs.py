@@ -53,13 +53,20 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """PNG/JPEG bytes as a uint8 C×H×W array: one channel for grey modes, else three (RGB)."""
+def decode_image(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """PNG/JPEG bytes as a uint8 C×H×W array: one channel for grey modes, else three (RGB).
+
+    With `size` (H, W), the model's, an image of another size is refused from its header,
+    before any pixel is decoded (a small file can hold a huge image).
+    """
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise RequestError(413, f"image of {w}x{h} px is too large to decode")
+            if size is not None and (h, w) != tuple(size):
+                raise RequestError(422, f"image of {w}x{h} px: this model takes "
+                                        f"{size[1]}x{size[0]} px images")
             img.load()
             mode = "L" if img.mode in GREY_MODES else "RGB"
             if img.mode in ("I", "I;16", "F"):  # 16-bit or float grey: scale to 8 bits
@@ -90,7 +97,7 @@ def decode_npy(data: bytes) -> np.ndarray:
     return arr
 
 
-def decode_base64_image(text: str) -> np.ndarray:
+def decode_base64_image(text: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """A base64 PNG/JPEG string (plain or a `data:image/...;base64,` URL) as uint8 C×H×W."""
     if text.startswith("data:"):
         _, _, text = text.partition(",")
@@ -101,7 +108,7 @@ def decode_base64_image(text: str) -> np.ndarray:
         raise RequestError(400, f"invalid base64 image: {one_line(err)}") from None
     if sniff(raw) not in ("png", "jpeg"):
         raise RequestError(400, "base64 string does not hold a PNG or JPEG image")
-    return decode_image(raw)
+    return decode_image(raw, size)
 
 
 def decode_json_tensor(value: Any, dtype: str = "float32") -> np.ndarray:
@@ -121,11 +128,12 @@ def decode_json_tensor(value: Any, dtype: str = "float32") -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def decode_payload(data: bytes) -> np.ndarray:
-    """One binary body (PNG, JPEG or `.npy`), sniffed by its magic bytes."""
+def decode_payload(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One binary body (PNG, JPEG or `.npy`), sniffed by its magic bytes; images must be
+    `size` (H, W) when it is given."""
     kind = sniff(data)
     if kind in ("png", "jpeg"):
-        return decode_image(data)
+        return decode_image(data, size)
     if kind == "npy":
         return decode_npy(data)
     if kind == "json":

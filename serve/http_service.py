@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ebgen import __version__
@@ -198,12 +199,14 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     async def generate(request: Request):
         params = service.parse_generate(await _read_body(request, limits), limits)
         x = await generate_x(params)
-        return _response(service.encode_generate(state["model"], params, x))
+        return _response(await run_in_threadpool(service.encode_generate, state["model"],
+                                                 params, x))
 
     @app.post("/score")
     async def score(request: Request):
-        x = service.decode_score_request(await _read_body(request, limits), state["model"],
-                                         limits)
+        # decoding (PNG, JSON) runs off the event loop, which keeps answering health checks
+        x = await run_in_threadpool(service.decode_score_request,
+                                    await _read_body(request, limits), state["model"], limits)
         return _response(service.Reply.json(service.score_result(state["model"],
                                                                  await energy.submit(x))))
 

@@ -161,10 +161,15 @@ def generate_response(model: Any, params: GenerateParams | Mapping | None = None
 
 # ---------------------------------------------------------------------------------- score
 
-def _decode_instance(item: Any, dtype: str) -> np.ndarray:
+def _image_size(shape: Sequence[int]) -> tuple[int, int] | None:
+    """(H, W) of an image model's samples; None for points."""
+    return (int(shape[-2]), int(shape[-1])) if len(shape) == 3 else None
+
+
+def _decode_instance(item: Any, dtype: str, size: tuple[int, int] | None) -> np.ndarray:
     """One JSON instance: a base64 PNG/JPEG string or a nested list."""
     if isinstance(item, str):
-        return codecs.decode_base64_image(item)
+        return codecs.decode_base64_image(item, size)
     if isinstance(item, list):
         return codecs.decode_json_tensor(item, dtype)
     raise RequestError(422, "each instance must be a base64 PNG/JPEG string or a nested list")
@@ -182,7 +187,7 @@ def decode_score_request(body: bytes | str | Mapping | np.ndarray, model: Any,
             raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
             body = codecs.parse_json(raw) if codecs.sniff(raw) == "json" else raw
         if isinstance(body, bytes):
-            x = check_samples(codecs.decode_payload(body), shape)
+            x = check_samples(codecs.decode_payload(body, _image_size(shape)), shape)
         else:
             if not isinstance(body, Mapping) or "instances" not in body:
                 raise RequestError(422, 'JSON score request must be {"instances": [...]} '
@@ -192,8 +197,8 @@ def decode_score_request(body: bytes | str | Mapping | np.ndarray, model: Any,
             if not isinstance(items, list) or not items:
                 raise RequestError(422, "instances must be a non-empty list")
             check_count(len(items), limits)
-            x = np.concatenate([check_samples(_decode_instance(i, dtype), shape)
-                                for i in items])
+            x = np.concatenate([check_samples(_decode_instance(i, dtype, _image_size(shape)),
+                                              shape) for i in items])
     check_count(len(x), limits)
     return x
 

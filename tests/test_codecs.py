@@ -273,3 +273,24 @@ def test_line_wrapped_base64_and_oversized_images():
     with pytest.raises(RequestError) as err:
         decode_image(header.getvalue())
     assert err.value.status == 413
+
+
+def test_an_image_of_the_wrong_size_is_refused_from_its_header(tiny_model_dir, monkeypatch):
+    """A 1024×1024 16-bit PNG of a few KB is refused for an 8×8 model before decoding."""
+    from PIL import ImageFile
+
+    from ebgen.serve import load_model
+
+    big = io.BytesIO()
+    Image.new("I;16", (1024, 1024)).save(big, format="PNG")
+    model = load_model(tiny_model_dir, device="cpu")
+
+    def no_decoding(self):
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    for body in (big.getvalue(), {"instances": [codecs.base64.b64encode(big.getvalue())
+                                                .decode()]}):
+        with pytest.raises(RequestError) as err:
+            service.decode_score_request(body, model, Limits())
+        assert err.value.status == 422 and "8x8" in str(err.value)
