@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from starlette.exceptions import HTTPException
 
 from ebgen import __version__
 
-from . import codecs, service
+from . import codecs, lifeline, service
 from .batching import MicroBatcher
 from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_count,
                          check_finite_output, check_generate, check_latents, check_samples,
@@ -45,6 +46,8 @@ from .validation import (GenerateParams, Limits, RequestError, check_body_size, 
 log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
 CONFIG_ENV = "EBGEN_SERVE_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: The pid of a multi-worker server's supervisor, which its workers watch.
+SUPERVISOR_ENV = "EBGEN_SERVE_SUPERVISOR"
 #: v2 model names → their output tensors.
 V2_MODELS = {"generator": ("x",), "energy": ("energy", "log_density", "percentile")}
 
@@ -297,7 +300,16 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory for worker processes: the app for the config in $EBGEN_SERVE_CONFIG."""
+    """uvicorn factory for worker processes: the app for the config in $EBGEN_SERVE_CONFIG.
+
+    A worker of a multi-worker server exits (removing the shared metrics folder) when its
+    supervisor dies, even by SIGKILL, rather than serve on as an orphan.
+    """
+    supervisor = os.environ.get(SUPERVISOR_ENV)
+    if supervisor and int(supervisor) == os.getppid():
+        metrics_dir = os.environ.get(MULTIPROC_ENV)
+        lifeline.exit_with_parent(int(supervisor), cleanup=lambda: metrics_dir and shutil.rmtree(
+            metrics_dir, ignore_errors=True))
     return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))
 
 
@@ -307,12 +319,12 @@ def run_http(config: ServeConfig) -> None:
 
     import uvicorn
 
-    import shutil
-
     os.environ[CONFIG_ENV] = config.to_json()
     metrics_dir = None
-    if config.workers > 1 and not os.environ.get(MULTIPROC_ENV):
-        metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="ebgen-metrics-")
+    if config.workers > 1:
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        if not os.environ.get(MULTIPROC_ENV):
+            metrics_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="ebgen-metrics-")
     try:
         uvicorn.run("ebgen.serve.http_service:app_from_env", factory=True, host=config.host,
                     port=config.port, workers=config.workers, log_level=config.log_level,

@@ -33,6 +33,7 @@ from typing import Any
 from ebgen.errors import EbgenError
 from ebgen.model_format import read_model_info
 
+from . import lifeline
 from .validation import LIMITS_ENV, Limits
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,9 @@ class TorchServe:
         self.log = open(self.workdir / "torchserve.out", "ab")
         self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+        # TorchServe has its own process group (a Ctrl-C reaches us, not it); should we be
+        # killed outright, the watchdog stops that group.
+        self._watchdog = lifeline.watchdog(self.process.pid)
         if self.cfg.auth:
             self._stop_renewing.clear()
             self._renewer = threading.Thread(target=self._renew_loop, daemon=True,
@@ -257,6 +261,10 @@ class TorchServe:
                 pass
             if proc.poll() is None:
                 proc.wait(10.0)
+        watchdog, self._watchdog = getattr(self, "_watchdog", None), None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         if getattr(self, "log", None) is not None:
             self.log.close()
 
@@ -306,6 +314,7 @@ def serve_torchserve(cfg: TorchServeConfig, echo: Any = print) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # a closed terminal stops TorchServe too
     try:
         ts.wait_ready()
         echo(f"TorchServe ready: model {read_model_info(cfg.model).get('name')}")

@@ -61,6 +61,28 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def consecutive_free_ports(n: int) -> int:
+    """A port P with P … P+n−1 free on 127.0.0.1 (TorchServe takes five: inference,
+    management, metrics and its two gRPC APIs)."""
+    for _ in range(50):
+        port = free_port()
+        if port > 65000:
+            continue
+        socks = []
+        try:
+            for p in range(port, port + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
 def stop_process(proc, grace: float = 20.0) -> None:
     """Ctrl-C a server started in its own process group; SIGKILL it if it lingers."""
     import os

@@ -12,14 +12,13 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from conftest import consecutive_free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -63,30 +62,6 @@ def environment(steps: list[tuple[str, str]]) -> dict[str, str]:
                 for pair in shlex.split(arg))
 
 
-def five_free_ports() -> int:
-    """A port P with P … P+4 free on 127.0.0.1 (TorchServe: inference, management, metrics and
-    the two gRPC APIs)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65000:
-            continue
-        try:
-            socks = []
-            for p in range(port, port + 5):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no five consecutive free ports")
-
-
 def test_replay_install_and_start(tmp_path):
     httpx = pytest.importorskip("httpx")
     steps = parse(DOCKERFILE)
@@ -123,7 +98,7 @@ def test_replay_install_and_start(tmp_path):
                                   timeout=120)
     assert "site-packages" in import_check.stdout and "2.13.0" in import_check.stdout
 
-    port = five_free_ports()
+    port = consecutive_free_ports(5)
     replacements.update({"0.0.0.0": "127.0.0.1", "8080": str(port)})
     cmd = [replacements.get(word, word) for word in json.loads(dict(steps)["CMD"])]
     check = json.loads(re.sub(r"^.*?CMD\s+", "", dict(steps)["HEALTHCHECK"]))
