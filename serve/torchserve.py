@@ -104,6 +104,10 @@ def write_config(cfg: TorchServeConfig, store: Path, workdir: Path) -> Path:
         "enable_model_api": "false",
         "allowed_urls": "file://.*",
         "install_py_dep_per_model": "false",
+        # raw bodies to the handlers, which parse them as the HTTP service does (NaN literals
+        # refused, the size cap on the bytes sent); the TS_DECODE_INPUT_REQUEST variable has
+        # no effect, the frontend sets it for its workers from this property
+        "decode_input_request": "false",
         "metrics_mode": "prometheus",
         "enable_metrics_api": "true",
         "model_store": str(store),
@@ -173,7 +177,6 @@ class TorchServe:
         env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), TEMP=str(self.workdir / "tmp"),
                    LOG_LOCATION=str(self.workdir / "logs"),
                    METRICS_LOCATION=str(self.workdir / "logs"),
-                   TS_DECODE_INPUT_REQUEST="false",
                    **{LIMITS_ENV: json.dumps(dataclasses.asdict(self.cfg.limits))})
         self.log = open(self.workdir / "torchserve.out", "ab")
         self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log,
