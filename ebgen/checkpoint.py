@@ -47,12 +47,27 @@ def _fsync_write(path: Path, write: Callable[[Path], None]) -> None:
         os.fsync(f.fileno())
 
 
+def fsync_directory(directory: str | Path) -> None:
+    """Make the renames in `directory` durable (a rename lives in the directory's entry)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # platforms without directory descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and a rename."""
+    """Write `text` to `path` via a temporary file and a rename (made durable)."""
     path = Path(path)
     tmp = path.with_name(path.name + _TMP)
     _fsync_write(tmp, lambda p: p.write_text(text))
     os.replace(tmp, path)
+    fsync_directory(path.parent)
 
 
 def recover(directory: str | Path) -> None:
@@ -75,6 +90,7 @@ def recover(directory: str | Path) -> None:
                 os.replace(directory / (name + _TMP), directory / name)
             except FileNotFoundError:
                 pass  # already in place
+        fsync_directory(directory)  # the renames are durable before the marker goes
         marker.unlink(missing_ok=True)
     for tmp in directory.glob("*" + _TMP):
         tmp.unlink(missing_ok=True)
