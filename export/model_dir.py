@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -77,7 +78,9 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
     say = _Progress(progress)
     config, energy, generator, meta = load_checkpoint(checkpoint, "cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    _remove_abandoned(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=out.parent))
     try:
         files, parity = export_networks(config.model, energy, generator, tmp, opset, say)
         say("computing energy quantiles")
@@ -224,6 +227,22 @@ def _check_out(out: Path, force: bool, checkpoint: Path) -> None:
         if not (out / MODEL_FILE).exists():
             raise EbgenError(f"refusing to replace {out}: it is not empty and not an ebgen "
                              f"model directory (no {MODEL_FILE})")
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Remove what killed exports to `out` left behind: temporary and old-copy folders named
+    after a process that no longer runs."""
+    for path in out.parent.glob(f".{out.name}.*"):
+        match = re.fullmatch(rf"\.{re.escape(out.name)}\.(?:old-)?(\d+)(?:\..*\.tmp)?",
+                             path.name)
+        if match is None or not path.is_dir():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            pass  # another user's process is alive: not ours to touch
 
 
 def _replace(tmp: Path, out: Path) -> None:

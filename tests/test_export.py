@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -240,3 +243,18 @@ def test_failed_export_leaves_nothing(ckpts, tmp_path, monkeypatch):
     with pytest.raises(EbgenError, match="simulated"):
         export_model(ckpts["tiny"], tmp_path / "out", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_export_removes_what_a_killed_one_left(ckpts, tmp_path):
+    """A kill -9 mid-export leaves its temporary folder; the next export to the same place
+    removes it (named after a process that no longer runs), and never a live export's."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = tmp_path / f".out.{dead.pid}.abc123.tmp"
+    abandoned.mkdir()
+    (abandoned / "generator.onnx").write_bytes(b"half")
+    live = tmp_path / f".out.{os.getpid()}.def456.tmp"
+    live.mkdir()
+    export_model(ckpts["tiny"], tmp_path / "out", progress=False, archive=False)
+    assert not abandoned.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", live.name])
