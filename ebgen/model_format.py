@@ -37,6 +37,7 @@ Reading it needs no torch: servers and `ebgen.load_model` use this module alone.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,27 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} is not an ebgen model directory: no {MODEL_FILE} "
                               f"(make one with `ebgen export CKPT_DIR --out {directory}`)")
     return read_format_json(path, MODEL_FORMAT, MODEL_FORMAT_VERSION)
+
+
+def model_file(directory: str | Path, entry: dict[str, Any], check_hash: bool = True) -> Path:
+    """The file an `onnx` entry of model.json names, confined to `directory`, present and (with
+    `check_hash`) matching its recorded sha256; else `CheckpointError`."""
+    directory = Path(directory)
+    name = entry.get("file")
+    if not isinstance(name, str) or not name or Path(name).is_absolute() \
+            or Path(name).name != name:
+        raise CheckpointError(f"{directory / MODEL_FILE} names the file {name!r}: model files "
+                              f"must be plain names inside the model directory")
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"model directory {directory} is missing {name}")
+    expected = entry.get("sha256")
+    if check_hash and expected:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != expected:
+            raise CheckpointError(f"{path} does not match the sha256 in {MODEL_FILE}: the file "
+                                  f"was changed or damaged after export; export again")
+    return path

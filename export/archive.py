@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ebgen import __version__
 from ebgen.errors import EbgenError
-from ebgen.model_format import read_model_info
+from ebgen.model_format import model_file, read_model_info
 from ebgen.names import MODEL_FILE
 
 #: The two archives, by kind (also their TorchServe model names).
@@ -53,13 +53,9 @@ def archive_files(model_dir: str | Path) -> list[Path]:
     """The files an archive carries: model.json and each ONNX file model.json lists."""
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
-    names = [MODEL_FILE] + [entry["file"] for entry in info.get("onnx", {}).values()
-                            if isinstance(entry, dict) and entry.get("file")]
-    paths = [model_dir / n for n in names]
-    missing = [p.name for p in paths if not p.is_file()]
-    if missing:
-        raise EbgenError(f"model directory {model_dir} is missing {', '.join(missing)}")
-    return paths
+    return [model_dir / MODEL_FILE] + [model_file(model_dir, entry)
+                                        for entry in info.get("onnx", {}).values()
+                                        if isinstance(entry, dict) and "file" in entry]
 
 
 def build_archive(model_dir: str | Path, kind: str, handler: str | Path | None = None,

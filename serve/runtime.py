@@ -25,7 +25,7 @@ import numpy as np
 from ebgen.bundled import bundled_model_path, bundled_names
 from ebgen.errors import EbgenError
 from ebgen.latents import sample_latents
-from ebgen.model_format import read_model_info
+from ebgen.model_format import model_file, read_model_info
 from ebgen.names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE
 from ebgen.pixels import uint8_to_unit, unit_to_uint8
 
@@ -158,9 +158,7 @@ class _Net:
                  threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        path = directory / entry["file"]
-        if not path.is_file():
-            raise EbgenError(f"model directory {directory} is missing {entry['file']}")
+        path = model_file(directory, entry)
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:

@@ -160,3 +160,31 @@ def test_a_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypa
     assert resolve_model_path("ring") == bundled_model_path("ring")
     with pytest.raises(EbgenError, match="not a model"):
         resolve_model_path("./ring")  # the folder itself, asked for explicitly
+
+
+def test_model_files_are_confined_to_the_directory_and_hash_checked(model_dir, tmp_path):
+    import shutil
+
+    from ebgen.export import build_archive
+
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    info = json.loads((copy / MODEL_FILE).read_text())
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not for an archive")
+    info["onnx"]["energy"]["file"] = str(outside)   # an absolute path
+    (copy / MODEL_FILE).write_text(json.dumps(info))
+    for attempt in (lambda: load_model(copy), lambda: build_archive(copy, "score")):
+        with pytest.raises(EbgenError, match="plain names inside the model directory"):
+            attempt()
+    info["onnx"]["energy"]["file"] = "../secret.txt"
+    (copy / MODEL_FILE).write_text(json.dumps(info))
+    with pytest.raises(EbgenError, match="plain names"):
+        load_model(copy)
+    info["onnx"]["energy"]["file"] = "energy.onnx"
+    (copy / MODEL_FILE).write_text(json.dumps(info))
+    data = bytearray((copy / "energy.onnx").read_bytes())
+    data[-1] ^= 1
+    (copy / "energy.onnx").write_bytes(bytes(data))
+    with pytest.raises(EbgenError, match="does not match the sha256"):
+        load_model(copy)
