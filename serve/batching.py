@@ -65,10 +65,22 @@ class MicroBatcher(Generic[T, R]):
         """Items waiting now."""
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def alive(self) -> bool:
+        """Whether the collecting task runs (readiness probes report it)."""
+        return self._task is not None and not self._task.done()
+
     async def start(self) -> None:
-        """Start the collecting task on the running event loop."""
+        """Start the collecting task on the running event loop; restart it should it have
+        died (what was queued is kept and answered by the new task)."""
+        if self._task is not None and self._task.done():
+            if not self._task.cancelled() and self._task.exception() is not None:
+                log.error("%s batcher died (%r); restarting it", self.name,
+                          self._task.exception())
+            self._task = None
         if self._task is None:
-            self._queue = asyncio.Queue(maxsize=self.max_queue)
+            if self._queue is None:
+                self._queue = asyncio.Queue(maxsize=self.max_queue)
             self._task = asyncio.create_task(self._loop(), name=f"ebgen-{self.name}-batcher")
 
     async def stop(self) -> None:
@@ -79,6 +91,8 @@ class MicroBatcher(Generic[T, R]):
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception:  # it had died already: nothing left to stop
+                pass
             self._task = None
         while self._queue is not None and not self._queue.empty():
             _, fut = self._queue.get_nowait()
@@ -88,7 +102,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def submit(self, item: T) -> R:
         """Queue `item` and wait for its answer; 503 (`Overloaded`) when the queue is full."""
-        if self._queue is None:
+        if not self.alive:
             await self.start()
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         try:

@@ -230,6 +230,9 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     async def ready():
         if not state["ready"]:
             raise RequestError(503, "model is loading")
+        for b in (gen, energy):  # a batcher that died is restarted (and logged) here too
+            if not b.alive:
+                await b.start()
         return {"ready": True}
 
     def v2_model(name: str) -> Any:

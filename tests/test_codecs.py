@@ -173,6 +173,28 @@ class MockContext:
         return None
 
 
+def test_a_batcher_whose_task_died_is_restarted_and_answers():
+    async def main():
+        b = MicroBatcher(lambda items: [i + 1 for i in items], max_batch_size=4)
+        await b.start()
+        real_collect = b._collect
+
+        async def broken():
+            raise RuntimeError("a bug in the collecting loop")
+
+        b._collect = broken
+        await asyncio.sleep(0.01)             # the task dies
+        dead = not b.alive
+        b._collect = real_collect
+        answer = await asyncio.wait_for(b.submit(41), 5)   # restarted, not hung
+        alive = b.alive
+        await b.stop()
+        return dead, answer, alive
+
+    dead, answer, alive = asyncio.run(main())
+    assert dead and answer == 42 and alive
+
+
 def test_handlers_answer_each_request_of_a_batch(tiny_model_dir, model):
     pytest.importorskip("ts")
     from ebgen.serve.ts_generate import EbgenGenerate
