@@ -30,6 +30,8 @@ from .options import device_option, model_arguments, pick_model
               help="Cap on num_samples per generate request.")
 @click.option("--max-body-mb", type=float, default=8.0, show_default=True,
               help="Cap on a request body in MiB (413 beyond).")
+@click.option("--max-connections", type=int, default=256, show_default=True,
+              help="Open connections per worker before 503 (http engine).")
 @click.option("--no-auth", is_flag=True,
               help="TorchServe only: turn token auth off (it is on by default).")
 @click.option("--workdir", default=None, metavar="DIR",
@@ -37,8 +39,8 @@ from .options import device_option, model_arguments, pick_model
                    "temporary folder)")
 @device_option()
 def serve_command(model, model_option, engine, host, port, workers, max_batch_size,
-                  max_delay_ms, max_queue, max_samples, max_body_mb, no_auth, workdir,
-                  device) -> None:
+                  max_delay_ms, max_queue, max_samples, max_body_mb, max_connections, no_auth,
+                  workdir, device) -> None:
     """Serve generation and energy scoring over HTTP on 127.0.0.1.
 
     MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache
@@ -59,9 +61,10 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
     from ebgen.serve.runtime import resolve_model_path
     from ebgen.serve.validation import Limits
 
-    if min(workers, max_batch_size, max_queue, max_samples) < 1 or max_delay_ms < 0:
-        raise click.UsageError("--workers, --max-batch-size, --max-queue and --max-samples "
-                               "must be at least 1; --max-delay-ms at least 0")
+    if min(workers, max_batch_size, max_queue, max_samples, max_connections) < 1 \
+            or max_delay_ms < 0:
+        raise click.UsageError("--workers, --max-batch-size, --max-queue, --max-samples and "
+                               "--max-connections must be at least 1; --max-delay-ms at least 0")
     limits = Limits(max_samples=max_samples, max_score_inputs=max(max_samples, 1024),
                     max_body_bytes=int(max_body_mb * 2**20))
     path = str(resolve_model_path(pick_model(model, model_option)))
@@ -83,4 +86,5 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
                f"/v2/models/{{generator,energy}}/infer, GET /metrics; Ctrl-C stops")
     run_http(ServeConfig(path, host=host, port=port, workers=workers, device=device,
                          max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
-                         max_queue=max_queue, limits=limits))
+                         max_queue=max_queue, max_connections=max_connections,
+                         limits=limits))

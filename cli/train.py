@@ -80,6 +80,10 @@ from .options import device_option, seed_option
                    "(default: from preset)")
 @click.option("--lr-decay/--no-lr-decay", default=None,
               help="Decay learning rates linearly to 0. (default: from preset)")
+@click.option("--num-components", type=int, default=None, metavar="K",
+              help="Points: split the latent into K equal-weight components so samples can form "
+                   "separate modes with no bridge between them; 0 = one connected latent. "
+                   "(default: from preset)")
 @click.option("--noise-std", type=float, default=None,
               help="Noise on generator hidden pre-activations. (default: 0.01)")
 @seed_option(default=None)

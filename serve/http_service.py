@@ -19,6 +19,7 @@ full queue answers 503 with Retry-After). Every bad request gets a 4xx `{"error"
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -64,6 +65,7 @@ class ServeConfig:
     max_batch_size: int = 16
     max_delay_ms: float = 5.0
     max_queue: int = 64
+    max_connections: int = 256    # per worker; uvicorn answers 503 beyond
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
 
@@ -116,15 +118,21 @@ def _error(err: RequestError) -> Response:
 
 
 async def _read_body(request: Request, limits: Limits) -> bytes:
-    """The body, refused with 413 as soon as it (or its Content-Length) passes the cap."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit():
+    """The body, refused with 413 as soon as it (or its Content-Length) passes the cap, and
+    with 408 when it takes longer than `limits.body_timeout_s` to arrive (a slow client)."""
+    length = request.headers.get("content-length", "").strip()
+    if length.isascii() and length.isdigit():
         check_body_size(int(length), limits)
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        check_body_size(total, limits)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                check_body_size(total, limits)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestError(408, f"request body not received within {limits.body_timeout_s:g} "
+                                f"s") from None
     return b"".join(chunks)
 
 
@@ -331,7 +339,7 @@ def run_http(config: ServeConfig) -> None:
     try:
         uvicorn.run("ebgen.serve.http_service:app_from_env", factory=True, host=config.host,
                     port=config.port, workers=config.workers, log_level=config.log_level,
-                    timeout_graceful_shutdown=5)
+                    limit_concurrency=config.max_connections, timeout_graceful_shutdown=5)
     finally:
         if metrics_dir:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -56,6 +56,7 @@ class Limits:
     max_samples: int = 1024          # num_samples of one generate request
     max_score_inputs: int = 1024     # inputs of one score request
     max_body_bytes: int = 8 * 2**20  # request body
+    body_timeout_s: float = 30.0     # longest a client may take to send its body (408)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 127.0.0.1 port, answers compared with `ebgen.load_model` in process."""
 from __future__ import annotations
 
+import contextlib
 import io
 import subprocess
 import sys
@@ -175,21 +176,31 @@ class _BrokenGenerator:
         raise RuntimeError("a server-side bug")
 
 
-def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_model_dir):
+@contextlib.contextmanager
+def _in_process_server(app):
+    """`app` served by uvicorn in a thread on a free 127.0.0.1 port; yields the base URL."""
     import threading
 
     import uvicorn
 
-    from ebgen.serve.http_service import ServeConfig, create_app
-
     port = free_port()
-    app = create_app(ServeConfig(str(tiny_model_dir), port=port), model=_BrokenGenerator(model))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(f"{base}/v2/health/live", timeout=2).status_code == 200, 30)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_model_dir):
+    from ebgen.serve.http_service import ServeConfig, create_app
+
+    app = create_app(ServeConfig(str(tiny_model_dir)), model=_BrokenGenerator(model))
+    with _in_process_server(app) as base:
         with httpx.Client(base_url=base, timeout=30) as client:
             r = client.post("/generate", json={"seed": 1})
             assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}
@@ -199,6 +210,20 @@ def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_mod
             assert score.status_code == 200  # the same connection keeps answering
             metrics = client.get("/metrics").text
         assert 'ebgen_requests_total{endpoint="/generate",status="500"} 1.0' in metrics
-    finally:
-        server.should_exit = True
-        thread.join(10)
+
+
+def test_a_client_that_never_finishes_its_body_gets_408(model, tiny_model_dir):
+    import socket
+    from urllib.parse import urlparse
+
+    from ebgen.serve.http_service import ServeConfig, create_app
+    from ebgen.serve.validation import Limits
+
+    config = ServeConfig(str(tiny_model_dir), limits=Limits(body_timeout_s=1.0))
+    with _in_process_server(create_app(config, model=model)) as base:
+        url = urlparse(base)
+        with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+            sock.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                         b"\r\nContent-Length: 100\r\n\r\n{\"instances\": ")
+            answer = sock.recv(4096)  # the rest never comes
+        assert answer.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in answer
