@@ -22,14 +22,33 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+#: Top-level modules an extra installs → (extra, what needs it).
+EXTRAS = {
+    **{name: ("train", "training, export and eval")
+       for name in ("torch", "safetensors", "matplotlib", "onnx", "onnxscript")},
+    "onnxruntime": ("cpu", "running models (or [gpu] on a CUDA machine)"),
+    **{name: ("serve", "the HTTP service") for name in ("fastapi", "uvicorn", "prometheus_client",
+                                                          "starlette")},
+    **{name: ("torchserve", "--engine torchserve") for name in ("ts", "model_archiver", "yaml")},
+}
+
+
 class EbgenGroup(click.Group):
-    """Turns EbgenError raised inside any command into a one-line error with exit code 2."""
+    """Turns EbgenError raised inside any command into a one-line error with exit code 2, and
+    a missing optional dependency into the extra that installs it."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except EbgenError as e:
             raise UserError(str(e)) from None
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if top not in EXTRAS:
+                raise
+            extra, purpose = EXTRAS[top]
+            raise UserError(f"{top} is not installed: {purpose} needs it; "
+                            f"pip install 'ebgen[{extra}]'") from None
 
 
 @click.group(cls=EbgenGroup, context_settings={"help_option_names": ["-h", "--help"],
