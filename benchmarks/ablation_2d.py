@@ -31,7 +31,9 @@ TOY_SET_NAMES = ("8gaussians", "25gaussians", "swissroll", "unequal", "anisotrop
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     # The default before issue 13: MI entropy throughout, no importance-sampled likelihood.
-    "previous": {"likelihood": 0.0, "calibrate_entropy": None},
+    "previous": {"likelihood": 0.0, "calibrate_entropy": None, "num_components": 0},
+    # Issue 13's first step: one connected latent, likelihood weight 1.
+    "connected": {"num_components": 0, "likelihood": 1.0},
     "paper": {"recipe": "paper"},
     "gan": {"objective": "gan"},
 }

@@ -37,6 +37,10 @@ class ModelConfig:
     generator_width: int = 128    # MLP hidden units, or base conv channels
     depth: int = 3                # MLP hidden layers (points only)
     noise_std: float = 0.01       # noise on the generator's hidden pre-activations (training)
+    num_components: int = 0       # points: split the latent into this many equal-weight
+    #                               components, picked by z's first coordinate, each with its
+    #                               own first-layer offset, so G's samples can form disconnected
+    #                               modes without bridges between them (0 = one connected latent)
     base: str = "gaussian"        # the energy's base term: "gaussian" (learned isotropic scale
     #                               and bias) or "data" (per-dimension mean and variance of the
     #                               training data, fixed before training)
@@ -60,6 +64,9 @@ class ModelConfig:
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
         if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
             raise EbgenError("z_dim, num_experts and depth must be positive")
+        if self.num_components < 0 or (self.num_components and self.kind != "points"):
+            raise EbgenError(f"num_components needs a points model and must be >= 0, "
+                             f"got {self.num_components}")
         for name in ("data_shift", "data_scale"):
             value = getattr(self, name)
             if value is not None and (self.kind != "points" or len(value) != self.data_dim):
@@ -210,16 +217,17 @@ PRESETS: dict[str, dict[str, dict]] = {
              sample_every=20, checkpoint_every=20, log_every=10, num_eval_samples=16)),
     "toy2d": _preset(
         dict(kind="points", z_dim=16, num_experts=128, energy_width=128, generator_width=128,
-             depth=3),
+             depth=3, num_components=256),
         dict(dataset="8gaussians"),
         # Measured in benchmarks/ablation_2d.py (README): the mutual-information entropy, a
         # small R1 penalty and a linear learning-rate decay give full mode coverage; halfway,
         # score matching, calibration and importance-sampled likelihood take over from R1 and
         # set each well's width and depth and remove the energy's mass off the data, while the
         # nearest-neighbour entropy takes over from MI and gives the samples their true spread.
+        # 256 latent components let the samples form separate modes with no bridges between.
         dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
              gradient_penalty=0.01, score_matching=10.0, score_matching_share=0.5,
-             calibration=1.0, likelihood=1.0, calibrate_from=0.5, calibrate_entropy="knn",
+             calibration=1.0, likelihood=3.0, calibrate_from=0.5, calibrate_entropy="knn",
              lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
     # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
     # models"): small nets (a few MB of ONNX), the data base (shifted digits score as

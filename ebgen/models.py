@@ -66,6 +66,32 @@ class InputAffine(nn.Module):
         return u if self.identity else u * self.scale + self.shift
 
 
+class LatentComponents(nn.Module):
+    """Equal-weight components of the latent: z's first coordinate picks one of `num_components`.
+
+    Its quantile u ∈ [0, 1) (uniform latents: (z₁ + 1) / 2; normal: Φ(z₁)) selects component
+    ⌊u·K⌋, whose learned offset is added to the generator's first hidden layer. G is continuous
+    within a component and free to jump between them, so its samples can cover disconnected
+    modes without a bridge of samples between them, and a mode's share is set by how many
+    components land on it. The latent itself, and so the one latent sampler, are unchanged.
+    """
+
+    def __init__(self, num_components: int, width: int, latent: str) -> None:
+        super().__init__()
+        self.num_components = num_components
+        self.normal = latent == "normal"
+        self.offsets = nn.Parameter(torch.randn(num_components, width))
+
+    def index(self, z: torch.Tensor) -> torch.Tensor:
+        """Each latent's component, as int64 of shape (N,)."""
+        first = z[:, 0]
+        u = 0.5 * (1.0 + torch.erf(first / math.sqrt(2.0))) if self.normal else 0.5 * (first + 1.0)
+        return (u * self.num_components).floor().clamp(0, self.num_components - 1).long()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.offsets[self.index(z)]
+
+
 class EnergyModel(nn.Module):
     """E(x), the energy: p(x) ∝ exp(-E(x)), so **lower energy means more probable**.
 
@@ -142,7 +168,8 @@ class Generator(nn.Module):
 
     Batch norm follows every hidden layer (its scales give the entropy estimate) and, in
     training mode, N(0, noise_std²) is added to each normalised pre-activation. Image outputs
-    pass through tanh into [-1, 1]; point outputs are unbounded.
+    pass through tanh into [-1, 1]; point outputs are unbounded. Points generators with
+    `num_components` add a `LatentComponents` offset to the first hidden layer.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -158,6 +185,8 @@ class Generator(nn.Module):
                 size_in = width
             layers.append(nn.Linear(size_in, config.data_dim))
             self.net = nn.Sequential(*layers)
+            if config.num_components:
+                self.components = LatentComponents(config.num_components, width, config.latent)
         else:
             base, steps = _base_size(config.image_size), _num_resamples(config.image_size)
             channels = width * 2 ** (steps - 1)
@@ -173,6 +202,9 @@ class Generator(nn.Module):
         self.affine = InputAffine(config)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.num_components:
+            hidden = self.net[0](z) + self.components(z)
+            return self.affine.restore(self.net[1:](hidden)).float()
         return self.affine.restore(self.net(z)).float()
 
     def batch_norms(self) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -128,3 +128,29 @@ def test_presets_build():
         z = torch.from_numpy(sample_latents(2, cfg.model.z_dim, seed=1))
         generator.eval()
         assert generator(z).shape == (2, *cfg.model.sample_shape)
+
+
+@pytest.mark.parametrize("latent", ["uniform", "normal"])
+def test_latent_components_split_the_latent_equally_and_jump_between_components(latent):
+    config = ModelConfig(kind="points", z_dim=4, num_components=8, latent=latent)
+    generator = Generator(config).eval()
+    z = torch.from_numpy(sample_latents(16000, 4, seed=0, distribution=latent))
+    shares = np.bincount(generator.components.index(z).numpy(), minlength=8) / len(z)
+    assert np.allclose(shares, 1 / 8, atol=0.01)
+    # Two latents a hair apart on either side of a component boundary land in different
+    # components and get different offsets: G may jump there, as it cannot without components.
+    boundary = torch.zeros(2, 4)
+    boundary[:, 0] = torch.tensor([-1e-4, 1e-4])
+    if latent == "uniform":
+        boundary[:, 0] += 0.25  # u = 0.625 = 5/8
+    index = generator.components.index(boundary)
+    assert index[0] != index[1]
+    with torch.no_grad():
+        x = generator(boundary)
+    assert (x[0] - x[1]).abs().max() > 100 * (generator(boundary[:1] * 1.00001) - x[:1]).abs().max()
+
+
+def test_latent_components_are_for_points_models_only():
+    from ebgen.errors import EbgenError
+    with pytest.raises(EbgenError, match="num_components"):
+        ModelConfig(kind="image", image_size=8, num_components=4)
