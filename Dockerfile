@@ -1,14 +1,17 @@
-# ebgen serving image: TorchServe (default) or the built-in HTTP service, over the bundled
-# `mnist` model or any model directory ($EBGEN_MODEL: a bundled name or a path).
+# ebgen serving image: the built-in HTTP service (default; no JVM, no keys to expire) or
+# TorchServe, over the bundled `mnist` model or any model directory ($EBGEN_MODEL: a bundled
+# name or a path).
 #
 #   docker build -t ebgen .
-#   docker run -p 8080:8080 -p 8082:8082 ebgen     # TorchServe, bundled mnist; token in /srv/torchserve/key_file.json
-#   docker exec CONTAINER cat /srv/torchserve/key_file.json
+#   docker run -p 8080:8080 ebgen                  # HTTP service, bundled mnist: POST /generate, /score, /v2/...
+#   docker run -p 8080:8080 -e EBGEN_MODEL=ring ebgen   # another bundled model
 #   ebgen export runs/mine --out model             # your own model directory, mounted:
 #   docker run -p 8080:8080 -v $PWD/model:/models/mine:ro -e EBGEN_MODEL=/models/mine ebgen
-#   docker run -p 8080:8080 ebgen ebgen serve ring --host 0.0.0.0 --workers 2   # HTTP service
+#   docker run -p 8080:8080 -p 8082:8082 ebgen ebgen serve --engine torchserve --host 0.0.0.0 --port 8080 --workdir /srv/torchserve
+#                                                  # TorchServe instead; token in /srv/torchserve/key_file.json
 #
-# tests/test_dockerfile.py replays the install (RUN pip ...) and start (CMD) steps in a fresh venv.
+# tests/test_dockerfile.py replays the install (RUN pip ...) and start steps (CMD, and the
+# TorchServe command above) in a fresh venv.
 FROM python:3.11-slim
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
@@ -39,10 +42,10 @@ RUN useradd --create-home --uid 10001 ebgen \
 USER ebgen
 WORKDIR /srv/torchserve
 
-# 8080 inference (both engines), 8082 TorchServe's Prometheus metrics; management (8081)
-# stays on 127.0.0.1 inside the container.
+# 8080 inference (both engines; the HTTP service's /metrics too), 8082 TorchServe's Prometheus
+# metrics; TorchServe's management (8081) and gRPC (8083, 8084) stay on 127.0.0.1 inside.
 EXPOSE 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys; from ebgen.serve.torchserve import healthcheck; sys.exit(healthcheck('/srv/torchserve', 8080))"]
 
-CMD ["ebgen", "serve", "--engine", "torchserve", "--host", "0.0.0.0", "--port", "8080", "--workdir", "/srv/torchserve"]
+CMD ["ebgen", "serve", "--host", "0.0.0.0", "--port", "8080"]
