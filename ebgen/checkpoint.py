@@ -113,17 +113,29 @@ class _SaveInFlight(Exception):
     """A save changed the files under a reader; read again."""
 
 
+class _Missing(Exception):
+    """A file of the save is not there: a first save in flight (read again, briefly), or a
+    checkpoint that lacks it (the message, for the user)."""
+
+
+#: How long a missing file is waited for (a first save renames its files one by one).
+MISSING_WAIT_S = 1.0
+
+
 def _read_consistently(directory: Path, read: Callable[[dict[str, Path]], Any]) -> Any:
     """`read(files)` on the last committed save, again while a save in flight disturbs it."""
-    deadline = time.monotonic() + READ_TIMEOUT_S
+    start = time.monotonic()
     while True:
         try:
             return read(_committed_files(directory))
+        except _Missing as missing:
+            if time.monotonic() - start > MISSING_WAIT_S:
+                raise CheckpointError(str(missing)) from None
         except (FileNotFoundError, _SaveInFlight):
-            if time.monotonic() > deadline:
+            if time.monotonic() - start > READ_TIMEOUT_S:
                 raise CheckpointError(f"checkpoint {directory} kept changing while being read "
                                       f"for {READ_TIMEOUT_S:.0f} s; try again") from None
-            time.sleep(0.02)
+        time.sleep(0.02)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -193,6 +205,8 @@ def _read_weights(path: Path, step: int) -> dict[str, torch.Tensor]:
     except (_SaveInFlight, FileNotFoundError):
         raise
     except Exception as e:  # a damaged or foreign file: one line for the user
+        if not path.exists():  # renamed away by a save while we opened it: read again
+            raise FileNotFoundError(path) from None
         raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
 
 
@@ -206,8 +220,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"
         meta = _read_config(files[CONFIG_FILE])
         weights = {}
         for name in (ENERGY_WEIGHTS, GENERATOR_WEIGHTS):
-            if not files[name].exists() and not (directory / _COMMIT).exists():
-                raise CheckpointError(f"checkpoint {directory} is missing {name}")
+            if not files[name].exists():
+                raise _Missing(f"checkpoint {directory} is missing {name}")
             weights[name] = _read_weights(files[name], meta.get("step", 0))
         return meta, weights
 
@@ -234,13 +248,15 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
     def read(files: dict[str, Path]) -> dict[str, Any]:
         step = _read_config(files[CONFIG_FILE]).get("step", 0)
         path = files[TRAINER_STATE]
-        if not path.exists() and not (directory / _COMMIT).exists():
-            raise CheckpointError(f"cannot resume: {directory / TRAINER_STATE} is missing")
+        if not path.exists():
+            raise _Missing(f"cannot resume: {directory / TRAINER_STATE} is missing")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             raise
         except Exception as e:  # a tampered or damaged file: refused, in one line
+            if not path.exists():  # renamed away by a save while we read it: read again
+                raise FileNotFoundError(path) from None
             raise CheckpointError(f"cannot resume from {path}: "
                                   f"{str(e).splitlines()[0]}") from None
         if int(state.get("step", step)) != step:
