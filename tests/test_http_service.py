@@ -227,3 +227,30 @@ def test_a_client_that_never_finishes_its_body_gets_408(model, tiny_model_dir):
                          b"\r\nContent-Length: 100\r\n\r\n{\"instances\": ")
             answer = sock.recv(4096)  # the rest never comes
         assert answer.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path, kind", [("/generate", "generate"), ("/score", "score"),
+                                        ("/v2/models/generator/infer", "v2"),
+                                        ("/v2/models/energy/infer", "v2")])
+def test_fuzz_every_endpoint_with_300_malformed_requests(server, model, path, kind):
+    """300 malformed bodies an endpoint: no 5xx, every error a one-line JSON, no hang (30 s a
+    request), and the server still answers a good request after."""
+    from hypothesis import HealthCheck, given, settings
+
+    from fuzzing import bodies, check_answer
+
+    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(bodies(kind))
+    def one(case):
+        body, content_type = case
+        r = server.post(path, content=body, headers={"Content-Type": content_type},
+                        timeout=30)
+        check_answer(r.status_code, r.headers.get("content-type", ""), r.text)
+
+    one()
+    good = server.post("/generate", json={"num_samples": 2, "seed": 5, "format": "npy"})
+    assert good.status_code == 200
+    np.testing.assert_allclose(np.load(io.BytesIO(good.content)), model.generate(2, 5),
+                               atol=1e-6)
