@@ -136,6 +136,24 @@ async def _read_body(request: Request, limits: Limits) -> bytes:
     return b"".join(chunks)
 
 
+async def _unless_abandoned(request: Request, work: Any) -> Any:
+    """Await `work` (a batcher submission), cancelling it should the client hang up first: a
+    queued request whose client has gone is never computed."""
+    job = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(request.receive())  # after the body: only a disconnect
+    try:
+        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not job.done() and watch.done() and not watch.cancelled() \
+                and watch.result().get("type") == "http.disconnect":
+            job.cancel()
+            raise RequestError(499, "client closed the request")
+        return await job
+    finally:
+        watch.cancel()
+        if not job.done():
+            job.cancel()
+
+
 def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     """The FastAPI app for `config` (loading `config.model` at start unless `model` is given)."""
     limits = config.limits
@@ -203,13 +221,11 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
         metrics.queue.labels("energy").set(energy.queued)
         return response
 
-    async def generate_x(params: GenerateParams) -> np.ndarray:
-        return await gen.submit(service.latents_for(state["model"], params))
-
     @app.post("/generate")
     async def generate(request: Request):
         params = service.parse_generate(await _read_body(request, limits), limits)
-        x = await generate_x(params)
+        x = await _unless_abandoned(request, gen.submit(service.latents_for(state["model"],
+                                                                             params)))
         return _response(await run_in_threadpool(service.encode_generate, state["model"],
                                                  params, x))
 
@@ -218,8 +234,8 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
         # decoding (PNG, JSON) runs off the event loop, which keeps answering health checks
         x = await run_in_threadpool(service.decode_score_request,
                                     await _read_body(request, limits), state["model"], limits)
-        return _response(service.Reply.json(service.score_result(state["model"],
-                                                                 await energy.submit(x))))
+        energies = await _unless_abandoned(request, energy.submit(x))
+        return _response(service.Reply.json(service.score_result(state["model"], energies)))
 
     @app.get("/metrics")
     async def prometheus():
@@ -289,13 +305,14 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
             else:
                 params = check_generate(req["parameters"], limits)
                 z, parameters = service.latents_for(m, params), {"seed": params.seed}
-            out["x"] = check_finite_output(await gen.submit(z), "generator's output")
+            out["x"] = check_finite_output(await _unless_abandoned(request, gen.submit(z)),
+                                           "generator's output")
         else:
             if "x" not in tensors:
                 raise RequestError(422, "energy needs input x")
             x = check_samples(tensors["x"], m.sample_shape)
             check_count(len(x), limits)
-            result = service.score_result(m, await energy.submit(x))
+            result = service.score_result(m, await _unless_abandoned(request, energy.submit(x)))
             out = {"energy": np.asarray(result["energy"], np.float32),
                    "log_density": np.asarray(result["log_density"], np.float32),
                    "percentile": np.asarray(result["percentile"], np.float64)}

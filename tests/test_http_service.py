@@ -254,3 +254,49 @@ def test_fuzz_every_endpoint_with_300_malformed_requests(server, model, path, ki
     assert good.status_code == 200
     np.testing.assert_allclose(np.load(io.BytesIO(good.content)), model.generate(2, 5),
                                atol=1e-6)
+
+
+class _SlowGenerator(_BrokenGenerator):
+    """The real model with a generator that takes 0.3 s a batch and counts the rows it ran."""
+
+    rows = 0
+
+    def generate_from_latents(self, z):
+        import time
+
+        time.sleep(0.3)
+        type(self).rows += len(z)
+        return self._model.generate_from_latents(z)
+
+
+def test_requests_whose_clients_hung_up_are_never_computed(model, tiny_model_dir):
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    from ebgen.serve.http_service import ServeConfig, create_app
+
+    slow = _SlowGenerator(model)
+    config = ServeConfig(str(tiny_model_dir), max_batch_size=1, max_delay_ms=0)
+    with _in_process_server(create_app(config, model=slow)) as base:
+        url = urlparse(base)
+        body = b'{"num_samples": 64, "seed": 1, "format": "npy"}'
+        request = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(body)) + body
+        first = threading.Thread(target=lambda: httpx.post(f"{base}/generate", content=body,
+                                                           timeout=30))
+        first.start()  # keeps the generator busy while the others queue
+        for _ in range(10):  # clients that give up after 50 ms
+            with socket.create_connection((url.hostname, url.port)) as sock:
+                sock.sendall(request)
+                sock.settimeout(0.05)
+                try:
+                    sock.recv(10)
+                except socket.timeout:
+                    pass
+        first.join()
+        r = httpx.post(f"{base}/generate", content=body, timeout=30)
+        assert r.status_code == 200
+    # the first and the last request ran; of the ten abandoned ones at most the one that was
+    # already in the generator when its client left
+    assert slow.rows <= 3 * 64, slow.rows
