@@ -8,6 +8,8 @@ Endpoints (bodies in `ebgen.serve.service`):
                                                {"num_samples", "seed"} → output "x"
     POST /v2/models/energy/infer               input "x" [N, C, H, W] (FP32 in [-1, 1] or
                                                UINT8) → "energy", "log_density", "percentile"
+                                               (also under /versions/1; JSON or Triton's
+                                               binary tensors: `ebgen.serve.v2`)
     POST /generate, POST /score                the same bodies as TorchServe's handlers
     GET  /metrics                              Prometheus
 
@@ -38,19 +40,16 @@ from starlette.exceptions import HTTPException
 
 from ebgen import __version__
 
-from . import codecs, lifeline, service
+from . import codecs, lifeline, service, v2
 from .batching import MicroBatcher
 from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_count,
-                         check_finite_output, check_generate, check_latents, check_samples,
-                         check_v2_request)
+                         check_finite_output, check_generate, check_latents, check_samples)
 
 log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
 CONFIG_ENV = "EBGEN_SERVE_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The pid of a multi-worker server's supervisor, which its workers watch.
 SUPERVISOR_ENV = "EBGEN_SERVE_SUPERVISOR"
-#: v2 model names → their output tensors.
-V2_MODELS = {"generator": ("x",), "energy": ("energy", "log_density", "percentile")}
 
 
 @dataclass
@@ -162,7 +161,7 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
 
     def batcher(name: str, run) -> MicroBatcher:
         b = MicroBatcher(lambda items: run(state["model"], items), config.max_batch_size,
-                         config.max_delay_ms, config.max_queue, name=name)
+                         config.max_delay_ms, config.max_queue, name=name, cost=len)
         b.on_batch = lambda n, s: metrics.batch.labels(name).observe(n)
         return b
 
@@ -244,7 +243,7 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
 
     @app.get("/v2")
     async def server_metadata():
-        return {"name": "ebgen", "version": __version__, "extensions": []}
+        return {"name": "ebgen", "version": __version__, "extensions": v2.EXTENSIONS}
 
     @app.get("/v2/health/live")
     async def live():
@@ -259,70 +258,63 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
                 await b.start()
         return {"ready": True}
 
-    def v2_model(name: str) -> Any:
-        if name not in V2_MODELS:
-            raise RequestError(404, f"unknown model {name!r}: expected generator or energy")
+    def v2_model(name: str, version: str | None = None) -> Any:
+        if name not in v2.MODELS:
+            raise RequestError(404, f"unknown model {name[:40]!r}: expected generator or energy")
+        if version is not None and version != "1":
+            raise RequestError(404, f"model {name} has no version {version[:20]!r}; its one "
+                                    f"version is 1")
         return state["model"]
 
     @app.get("/v2/models/{name}")
-    async def model_metadata(name: str):
-        m = v2_model(name)
-        x = {"name": "x", "datatype": "FP32", "shape": [-1, *m.sample_shape]}
-        if name == "generator":
-            inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, m.z_dim]}]
-            outputs = [x]
-        else:
-            inputs = [x]
-            outputs = [{"name": n, "datatype": "FP64" if n == "percentile" else "FP32",
-                        "shape": [-1]} for n in V2_MODELS["energy"]]
-        return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
-                "inputs": inputs, "outputs": outputs,
-                "parameters": {"ebgen_model": m.info.get("name"),
-                               "providers": list(m.providers)}}
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None):
+        return v2.model_metadata(name, v2_model(name, version))
 
     @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str):
-        v2_model(name)
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None):
+        v2_model(name, version)
         return {"name": name, "ready": state["ready"]}
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request):
-        m = v2_model(name)
-        req = check_v2_request(codecs.parse_json(await _read_body(request, limits)), name,
-                               V2_MODELS[name])
-        tensors = dict(codecs.decode_v2_tensor(t) for t in req["inputs"])
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None):
+        m = v2_model(name, version)
+        body = v2.inflate(await _read_body(request, limits),
+                          request.headers.get("content-encoding"), limits)
+        req = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH), name,
+                               v2.MODELS[name])
         expected = "z" if name == "generator" else "x"
-        extra = sorted(set(tensors) - {expected})
+        extra = sorted(set(req.inputs) - {expected})
         if extra:
-            raise RequestError(422, f"unknown input {extra[0]!r} of {name}; expected {expected}")
+            raise RequestError(422, f"unknown input {extra[0][:40]!r} of {name}; expected "
+                                    f"{expected}")
         out: dict[str, np.ndarray] = {}
         parameters: dict[str, Any] = {}
         if name == "generator":
-            if "z" in tensors:
-                if req["parameters"]:
+            if "z" in req.inputs:
+                if req.parameters:
                     raise RequestError(422, "give either input z or parameters num_samples/seed")
-                z = check_latents(tensors["z"], m.z_dim, limits)
+                z = check_latents(req.inputs["z"], m.z_dim, limits)
             else:
-                params = check_generate(req["parameters"], limits)
+                params = check_generate(req.parameters, limits)
                 z, parameters = service.latents_for(m, params), {"seed": params.seed}
             out["x"] = check_finite_output(await _unless_abandoned(request, gen.submit(z)),
                                            "generator's output")
         else:
-            if "x" not in tensors:
+            if "x" not in req.inputs:
                 raise RequestError(422, "energy needs input x")
-            x = check_samples(tensors["x"], m.sample_shape)
+            x = check_samples(req.inputs["x"], m.sample_shape)
             check_count(len(x), limits)
             result = service.score_result(m, await _unless_abandoned(request, energy.submit(x)))
             out = {"energy": np.asarray(result["energy"], np.float32),
                    "log_density": np.asarray(result["log_density"], np.float32),
                    "percentile": np.asarray(result["percentile"], np.float64)}
-        body = {"model_name": name, "model_version": "1",
-                "outputs": [codecs.encode_v2_tensor(k, out[k]) for k in req["outputs"]]}
-        if req["id"] is not None:
-            body["id"] = req["id"]
-        if parameters:
-            body["parameters"] = parameters
-        return Response(codecs.dumps(body), media_type=service.JSON_TYPE)
+        content, headers = await run_in_threadpool(v2.encode_response, name, out, req,
+                                                   parameters)
+        media = "application/octet-stream" if headers else service.JSON_TYPE
+        return Response(content, media_type=media, headers=headers)
 
     return app
 

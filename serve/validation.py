@@ -226,32 +226,3 @@ def check_latents(z: Any, z_dim: int, limits: Limits) -> np.ndarray:
         raise RequestError(422, "z must hold at least one row of finite values")
     return z
 
-
-#: Fields of a v2 inference request, and the parameters each model reads.
-V2_REQUEST_FIELDS = ("id", "inputs", "outputs", "parameters")
-V2_PARAMETERS = {"generator": ("num_samples", "seed"), "energy": ()}
-
-
-def check_v2_request(obj: Any, model_name: str, outputs: Sequence[str]) -> dict[str, Any]:
-    """A v2 infer body checked: known fields and parameters, `outputs` names that exist."""
-    if not isinstance(obj, Mapping):
-        raise RequestError(422, "v2 infer request must be a JSON object with inputs")
-    check_fields(obj, V2_REQUEST_FIELDS, "v2 infer")
-    params = obj.get("parameters") or {}
-    if not isinstance(params, Mapping):
-        raise RequestError(422, "v2 parameters must be an object")
-    check_fields(params, V2_PARAMETERS[model_name], f"{model_name} parameters of a v2")
-    inputs = obj.get("inputs", [])
-    if not isinstance(inputs, list):
-        raise RequestError(422, "v2 inputs must be a list of tensors")
-    wanted = obj.get("outputs")
-    if wanted is not None:
-        if not isinstance(wanted, list) or not all(isinstance(o, Mapping) and "name" in o
-                                                   for o in wanted):
-            raise RequestError(422, 'v2 outputs must be a list of {"name": ...}')
-        bad = [o["name"] for o in wanted if o["name"] not in outputs]
-        if bad:
-            raise RequestError(422, f"unknown output {bad[0]!r} of {model_name}; expected "
-                                    f"{', '.join(outputs)}")
-    return {"id": obj.get("id"), "inputs": inputs, "parameters": dict(params),
-            "outputs": [o["name"] for o in wanted] if wanted else list(outputs)}

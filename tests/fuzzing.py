@@ -46,6 +46,33 @@ def bodies(endpoint: str, content_types: tuple[str, ...] = CONTENT_TYPES
     return st.tuples(_encoded(fields) | _raw, st.sampled_from(content_types))
 
 
+_binary_input = st.fixed_dictionaries(
+    {"name": st.sampled_from(["x", "z"]), "datatype": st.sampled_from(["FP32", "UINT8", "FP16"]),
+     "shape": st.lists(st.integers(0, 70), max_size=4),
+     "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-2, 600)
+                                          | json_values})})
+
+
+def _binary_body(header: dict, tail: bytes, cut: int | None) -> tuple[bytes, str]:
+    head = json.dumps(header).encode()
+    length = str(len(head)) if cut is None else str(cut)
+    return head + tail, length
+
+
+def binary_bodies() -> st.SearchStrategy[tuple[bytes, str]]:
+    """(body, Inference-Header-Content-Length) pairs of Triton's binary tensor extension: the
+    header right or wrong, inputs' binary_data_size right or wrong, tails of any length."""
+    header = st.fixed_dictionaries(
+        {"inputs": st.lists(_binary_input, max_size=2)},
+        optional={"parameters": st.fixed_dictionaries(
+            {}, optional={"binary_data_output": st.booleans() | json_values}),
+            "outputs": st.lists(st.fixed_dictionaries(
+                {"name": st.sampled_from(["x", "energy", "percentile"])},
+                optional={"parameters": json_values}), max_size=3)})
+    cuts = st.none() | st.integers(-3, 400) | st.sampled_from([10**30, 0])
+    return st.builds(_binary_body, header, st.binary(max_size=600), cuts)
+
+
 def check_answer(status: int, content_type: str, text: str) -> None:
     """Never a 5xx; every error a one-line JSON {"error": ...}."""
     assert status < 500, (status, text[:300])
