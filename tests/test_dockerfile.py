@@ -1,8 +1,10 @@
 """The Dockerfile, replayed without Docker: its COPY, `RUN pip install` and CMD steps in a fresh
-venv (no system site-packages), then its HEALTHCHECK and real requests against the server.
+venv (no system site-packages), then its HEALTHCHECK and real requests against the server; and
+the GPU variant's install (RUNTIME=gpu) resolved by pip, as far as a machine without CUDA allows.
 
-System steps (apt-get, useradd) are not replayed: the test needs Java 17 already, like the image.
-The torch index is overridden to PyPI (`TORCH_INDEX`), the only index reachable here.
+System steps (apt-get, the venv, useradd) are not replayed: the test makes its own venv and
+needs Java 17 already, like the image. The torch index is overridden to PyPI (`TORCH_INDEX`),
+the only index reachable here.
 """
 from __future__ import annotations
 
@@ -47,9 +49,10 @@ def parse(path: Path) -> list[tuple[str, str]]:
 def test_dockerfile_shape():
     steps = parse(DOCKERFILE)
     kinds = [k for k, _ in steps]
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    assert steps[0] == ("ARG", "BASE=python:3.11-slim") and steps[1] == ("FROM", "${BASE}")
+    assert "RUNTIME=cpu" in [a for k, a in steps if k == "ARG"]
+    assert any('.[$RUNTIME,serve,torchserve]' in a for k, a in steps if k == "RUN")
     assert any("openjdk-17-jre-headless" in a for k, a in steps if k == "RUN")
-    assert any('.[cpu,serve,torchserve]' in a for k, a in steps if k == "RUN")
     assert any("torch==2.13.0" in a and "$TORCH_INDEX" in a for k, a in steps if k == "RUN")
     cmd = json.loads(dict(steps)["CMD"])
     assert cmd[:2] == ["ebgen", "serve"] and "--engine" not in cmd  # the HTTP service
@@ -69,9 +72,42 @@ def torchserve_command() -> list[str]:
 
 
 def environment(steps: list[tuple[str, str]]) -> dict[str, str]:
-    """The variables the Dockerfile's ENV steps set (KEY=VALUE form)."""
-    return dict(pair.split("=", 1) for kind, arg in steps if kind == "ENV"
-                for pair in shlex.split(arg))
+    """The variables the Dockerfile's ENV steps set (KEY=VALUE form), but PATH: the image's
+    venv is the test's own."""
+    pairs = (pair.split("=", 1) for kind, arg in steps if kind == "ENV"
+             for pair in shlex.split(arg))
+    return {key: value for key, value in pairs if key != "PATH"}
+
+
+def build_args(steps: list[tuple[str, str]], **overrides: str) -> dict[str, str]:
+    """The ARG defaults, then this machine's `OVERRIDES`, then `overrides`."""
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in steps if k == "ARG" and "=" in a}
+    return {**args, **OVERRIDES, **overrides}
+
+
+def pip_steps(steps: list[tuple[str, str]]) -> list[str]:
+    return [arg for kind, arg in steps if kind == "RUN" and arg.startswith("pip install")]
+
+
+def test_gpu_variant_resolves_to_onnxruntime_gpu_alone(tmp_path):
+    """`--build-arg RUNTIME=gpu`: every pip step of the image resolves (pip --dry-run, in a
+    fresh venv), and the environment gets onnxruntime-gpu, never onnxruntime beside it."""
+    steps = parse(DOCKERFILE)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update({**build_args(steps, RUNTIME="gpu"), **environment(steps),
+                "PATH": f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"})
+    installed = set()
+    for i, arg in enumerate(pip_steps(steps)):
+        report = tmp_path / f"report{i}.json"
+        done = subprocess.run(f"{arg} --dry-run --quiet --report {report}", shell=True,
+                              cwd=ROOT, env=env, timeout=600, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        installed |= {item["metadata"]["name"].lower()
+                      for item in json.loads(report.read_text())["install"]}
+    assert {"onnxruntime-gpu", "torch", "fastapi", "torchserve"} <= installed
+    assert "onnxruntime" not in installed
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +115,7 @@ def image(tmp_path_factory):
     """The image's install replayed: (env, workdir, steps) of a fresh venv."""
     tmp_path = tmp_path_factory.mktemp("image")
     steps = parse(DOCKERFILE)
-    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in steps if k == "ARG" and "=" in a}
-    args.update(OVERRIDES)
+    args = build_args(steps)
     context, workdir = tmp_path / "opt-ebgen", tmp_path / "srv"
     context.mkdir()
     workdir.mkdir()
@@ -101,7 +136,7 @@ def image(tmp_path_factory):
                 else:
                     target.mkdir(parents=True, exist_ok=True)
                     shutil.copy(ROOT / src, target)
-        elif kind == "RUN" and arg.startswith("pip install"):
+        elif kind == "RUN" and arg in pip_steps(steps):
             done = subprocess.run(arg, shell=True, cwd=context, env=env, timeout=600,
                                   capture_output=True, text=True)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
