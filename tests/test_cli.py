@@ -26,6 +26,9 @@ def test_help_is_instant_and_imports_no_torch():
     result = run("--help")
     assert result.exit_code == 0 and "train" in result.output and "eval" in result.output
     assert "Examples" in run("train", "--help").output
+    module = subprocess.run([sys.executable, "-m", "ebgen", "models"], capture_output=True,
+                            text=True, check=True)
+    assert "mnist" in module.stdout  # `python -m ebgen` is the same command line
 
 
 def test_train_and_eval_tiny_from_the_cli(tmp_path):
