@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .config import Config
-from .errors import CheckpointError
+from .errors import CheckpointError, one_line
 from .model_format import read_format_json
 from .models import EnergyModel, Generator, build_models
 from .names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE
@@ -207,7 +207,7 @@ def _read_weights(path: Path, step: int) -> dict[str, torch.Tensor]:
     except Exception as e:  # a damaged or foreign file: one line for the user
         if not path.exists():  # renamed away by a save while we opened it: read again
             raise FileNotFoundError(path) from None
-        raise CheckpointError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot load {path}: {one_line(e)}") from None
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"
@@ -233,7 +233,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"
             module.load_state_dict(weights[name])
         except Exception as e:  # shape errors: one line for the user
             raise CheckpointError(f"cannot load {directory / name}: "
-                                  f"{str(e).splitlines()[0]}") from None
+                                  f"{one_line(e)}") from None
     energy.to(device).eval()
     generator.to(device).eval()
     return config, energy, generator, meta
@@ -258,7 +258,7 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
             if not path.exists():  # renamed away by a save while we read it: read again
                 raise FileNotFoundError(path) from None
             raise CheckpointError(f"cannot resume from {path}: "
-                                  f"{str(e).splitlines()[0]}") from None
+                                  f"{one_line(e)}") from None
         if int(state.get("step", step)) != step:
             raise _SaveInFlight
         return state

@@ -22,7 +22,7 @@ import torch
 
 from . import images as imgio
 from .config import GENERATED_NAMES, DataConfig, ModelConfig
-from .errors import DataError
+from .errors import DataError, one_line
 from .pixels import uint8_to_unit
 from .toy2d import get_toy_set
 
@@ -163,7 +163,7 @@ def _read_csv(path: Path) -> np.ndarray:
         with path.open(encoding="utf-8") as f:
             first = next((line for line in f if line.strip()), "")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read points file {path}: {imgio.one_line(err)}") from None
+        raise DataError(f"cannot read points file {path}: {one_line(err)}") from None
     delimiter = "," if "," in first else None
     try:
         [float(v) for v in first.split(delimiter)]
@@ -174,7 +174,7 @@ def _read_csv(path: Path) -> np.ndarray:
         return np.loadtxt(path, delimiter=delimiter, skiprows=header, ndmin=2,
                           dtype=np.float64)
     except ValueError as err:
-        raise DataError(f"cannot parse points file {path}: {imgio.one_line(err)}; "
+        raise DataError(f"cannot parse points file {path}: {one_line(err)}; "
                         f"expected N rows of numbers after an optional header row") from None
 
 
@@ -186,7 +186,7 @@ def read_points(path: Path, dim: int = 2) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
-            raise DataError(f"cannot read points file {path}: {imgio.one_line(err)}") from None
+            raise DataError(f"cannot read points file {path}: {one_line(err)}") from None
     if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != dim \
             or len(arr) == 0:
         shape = getattr(arr, "shape", type(arr).__name__)

@@ -14,17 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from .errors import DataError, one_line
 
 #: The split names readers return: the training split and the test split.
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IDX_UBYTE = 0x08
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message squeezed onto one line."""
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def read_idx(path: Path) -> np.ndarray:

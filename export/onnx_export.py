@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ebgen.errors import EbgenError
+from ebgen.errors import EbgenError, one_line
 from ebgen.names import BATCH_AXIS
 from ebgen.pixels import unit_to_uint8
 
@@ -79,12 +79,12 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
                               dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
     except Exception as e:  # exporter errors are long; the first line says what failed
         raise EbgenError(f"ONNX export of {path.name} failed: "
-                         f"{type(e).__name__}: {_first_line(e)}") from e
+                         f"{type(e).__name__}: {one_line(e)}") from e
     model = drop_stack_traces(path)
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
-        raise EbgenError(f"{path.name} fails the ONNX checker: {_first_line(e)}") from e
+        raise EbgenError(f"{path.name} fails the ONNX checker: {one_line(e)}") from e
     _check_signature(model, path.name, input_name, output_name)
     return path
 
@@ -119,11 +119,6 @@ def _check_signature(model, filename: str, input_name: str, output_name: str) ->
         if not dims or dims[0].dim_param != BATCH_AXIS:
             raise EbgenError(f"{filename}: {value.name!r} has no dynamic axis {BATCH_AXIS!r} "
                              f"first (got {[d.dim_param or d.dim_value for d in dims]})")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def ort_session(path: str | Path):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ebgen.images import one_line
+from ebgen.errors import one_line
 from ebgen.pixels import unit_to_uint8
 
 from .validation import RequestError

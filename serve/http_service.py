@@ -40,9 +40,9 @@ from starlette.exceptions import HTTPException
 
 from ebgen import __version__
 
-from . import codecs, lifeline, service, v2
+from . import lifeline, service, v2
 from .batching import MicroBatcher
-from .validation import (GenerateParams, Limits, RequestError, check_body_size, check_count,
+from .validation import (Limits, RequestError, check_body_size, check_count,
                          check_finite_output, check_generate, check_latents, check_samples)
 
 log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ebgen.bundled import bundled_model_path, bundled_names
-from ebgen.errors import EbgenError
+from ebgen.errors import EbgenError, one_line
 from ebgen.latents import sample_latents
 from ebgen.model_format import model_file, read_model_info
 from ebgen.names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE
@@ -167,7 +167,7 @@ class _Net:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:
             raise EbgenError(f"onnxruntime cannot load {path}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
+                             f"{one_line(e)}") from e
         self.input, self.output = entry["input"], entry["output"]
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -56,6 +56,7 @@ class TorchServeConfig:
     workers: int = 1               # per model
     max_batch_size: int = 8
     max_delay_ms: int = 5
+    max_queue: int = 64            # TorchServe's job_queue_size: requests waiting per model
     auth: bool = True
     token_expiration_min: float = 1440  # keys' lifetime; renewed every half of it
     workdir: str | None = None     # default: a new temporary folder
@@ -114,7 +115,7 @@ def write_config(cfg: TorchServeConfig, store: Path, workdir: Path) -> Path:
         "load_models": ",".join(f"{k}.mar" for k in ARCHIVES),
         "models": json.dumps(models, separators=(",", ":")),
         "default_workers_per_model": cfg.workers,
-        "job_queue_size": 64,
+        "job_queue_size": cfg.max_queue,
         "max_request_size": cfg.limits.max_body_bytes + 2**20,
         "max_response_size": response_cap,
         "vmargs": "-Xmx512m -XX:+UseContainerSupport -XX:+ExitOnOutOfMemoryError",

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ebgen.images import one_line
+from ebgen.errors import one_line
 
 from .codecs import dumps, parse_json
 from .validation import Limits, RequestError, check_body_size, check_fields

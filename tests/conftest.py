@@ -40,37 +40,18 @@ def tiny_model_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports (consecutive when possible is not needed)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def consecutive_free_ports(n: int) -> int:
-    """A port P with P … P+n−1 free on 127.0.0.1 (TorchServe takes five: inference,
-    management, metrics and its two gRPC APIs)."""
+def free_port(span: int = 1) -> int:
+    """A port P with P … P+span−1 all free on 127.0.0.1 right now (TorchServe takes five:
+    inference, management, metrics and its two gRPC APIs). The one port helper of the tests."""
     for _ in range(50):
-        port = free_port()
-        if port > 65000:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + span > 65536:
             continue
         socks = []
         try:
-            for p in range(port, port + n):
+            for p in range(port + 1, port + span):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", p))
@@ -80,7 +61,7 @@ def consecutive_free_ports(n: int) -> int:
         finally:
             for s in socks:
                 s.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
+    raise RuntimeError(f"no {span} consecutive free ports")
 
 
 def stop_process(proc, grace: float = 20.0) -> None:

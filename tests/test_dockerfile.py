@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import consecutive_free_ports, wait_until
+from conftest import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -155,7 +155,7 @@ def started(command: list[str], image, log_path: Path):
     `docker stop` does, with SIGTERM (not SIGINT: a shell that runs the suite in the background
     starts it with SIGINT ignored)."""
     env, workdir, steps = image
-    port = consecutive_free_ports(5)
+    port = free_port(5)
     words = {"0.0.0.0": "127.0.0.1", "8080": str(port), "/srv/torchserve": str(workdir)}
     cmd = [words.get(word, word) for word in command]
     check = json.loads(re.sub(r"^.*?CMD\s+", "", dict(steps)["HEALTHCHECK"]))

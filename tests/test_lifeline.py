@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import consecutive_free_ports, free_port, wait_until
+from conftest import free_port, wait_until
 
 httpx = pytest.importorskip("httpx")
 psutil = pytest.importorskip("psutil")
@@ -61,7 +61,7 @@ def test_killing_the_http_master_stops_its_workers(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP])
 def test_killing_the_launcher_stops_torchserve(tiny_model_dir, tmp_path, how):
     pytest.importorskip("ts")
-    port = consecutive_free_ports(5)
+    port = free_port(5)
     proc = subprocess.Popen(EBGEN + ["serve", str(tiny_model_dir), "--engine", "torchserve",
                                      "--port", str(port), "--workdir", str(tmp_path / "ts"),
                                      "--no-auth"],

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import bad_requests, free_ports
+from conftest import bad_requests, free_port
 from ebgen.pixels import unit_to_uint8
 from ebgen.serve import codecs, load_model
 from ebgen.serve.validation import Limits
@@ -30,7 +30,8 @@ def model(tiny_model_dir):
 def ts(tiny_model_dir, tmp_path_factory):
     from ebgen.serve.torchserve import TorchServe, TorchServeConfig
 
-    port, mgmt, metrics, grpc, grpc_mgmt = free_ports(5)
+    port = free_port(5)
+    port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
     cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
                            metrics_port=metrics, grpc_inference_port=grpc,
                            grpc_management_port=grpc_mgmt, max_batch_size=4, max_delay_ms=20,
@@ -76,7 +77,8 @@ def test_keys_are_renewed_before_they_expire(tiny_model_dir, tmp_path):
 
     from ebgen.serve.torchserve import TorchServe, TorchServeConfig, healthcheck, read_token
 
-    port, mgmt, metrics, grpc, grpc_mgmt = free_ports(5)
+    port = free_port(5)
+    port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
     cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
                            metrics_port=metrics, grpc_inference_port=grpc,
                            grpc_management_port=grpc_mgmt, workdir=str(tmp_path),
@@ -100,7 +102,8 @@ def test_a_second_instance_runs_beside_the_first_on_its_own_ports(ts, tiny_model
                  (ts.workdir / "config.properties").read_text().splitlines())
     assert props["grpc_inference_port"] == str(ts.cfg.grpc_inference_port)
     assert props["grpc_management_port"] == str(ts.cfg.grpc_management_port)
-    port, mgmt, metrics, grpc, grpc_mgmt = free_ports(5)
+    port = free_port(5)
+    port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
     cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
                            metrics_port=metrics, grpc_inference_port=grpc,
                            grpc_management_port=grpc_mgmt, workdir=str(tmp_path))
@@ -115,13 +118,14 @@ def test_a_second_instance_runs_beside_the_first_on_its_own_ports(ts, tiny_model
 def test_no_auth_config_and_command(tiny_model_dir, tmp_path):
     from ebgen.serve.torchserve import TorchServeConfig, command, prepare_store, write_config
 
-    cfg = TorchServeConfig(str(tiny_model_dir), host="0.0.0.0", auth=False, max_batch_size=3)
+    cfg = TorchServeConfig(str(tiny_model_dir), host="0.0.0.0", auth=False, max_batch_size=3,
+                           max_queue=17)
     store = prepare_store(tiny_model_dir, tmp_path)
     config = write_config(cfg, store, tmp_path)
     props = dict(line.split("=", 1) for line in config.read_text().splitlines())
     assert props["disable_token_authorization"] == "true"
     assert props["management_address"].startswith("http://127.0.0.1:")  # never exposed
-    assert '"batchSize":3' in props["models"]
+    assert '"batchSize":3' in props["models"] and props["job_queue_size"] == "17"
     cmd = command(cfg, config, store)
     assert cmd[-1] == "--disable-token-auth" and "generate=generate.mar" in cmd
     assert "--disable-token-auth" not in command(TorchServeConfig("m"), config, store)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import free_port
 from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
                               save_checkpoint)
 from ebgen.config import preset_config
@@ -134,7 +135,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_port", str(_free_port()), "-m", "ebgen.cli.main", "train",
+                             "--master_port", str(free_port()), "-m", "ebgen.cli.main", "train",
                              "--preset", "tiny", "--steps", "10", "--quiet", "--out", str(out)],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -163,11 +164,3 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
                                                       "format_version": 99}))
     with pytest.raises(CheckpointError, match="format version"):
         read_meta(tmp_path)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
