@@ -101,7 +101,11 @@ async def drive(url: str, body: bytes | dict, clients: int, requests: int, max_s
                 if time.perf_counter() > deadline:
                     return
                 t = time.perf_counter()
-                r = await client.post(url, **kwargs)
+                try:
+                    r = await client.post(url, **kwargs)
+                except httpx.HTTPError:  # reset, refused, timed out: an error, not a crash
+                    errors += 1
+                    continue
                 if r.status_code == 200:
                     lat.append(time.perf_counter() - t)
                 else:
@@ -170,12 +174,13 @@ def run_torchserve(model_dir: str, args, bodies: dict) -> list[dict]:
 def _fmt(r: dict) -> str:
     return (f"| {r['engine']:<16} | {r['endpoint']:<8} | {r['clients']:>7} | {r['requests']:>8} "
             f"| {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} | {r['req_per_s']:>8.1f} "
-            f"| {r['samples_per_s']:>9.0f} |")
+            f"| {r['samples_per_s']:>9.0f} | {r['errors']:>6} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", help="Model directory (default: train + export tiny).")
+    p.add_argument("model", nargs="?", help="Model directory or bundled name (default: train "
+                                            "+ export tiny).")
     p.add_argument("--engines", default="http,torchserve")
     p.add_argument("--clients", default="1,8,32")
     p.add_argument("--requests", type=int, default=64, help="Requests per level (at least "
@@ -187,7 +192,11 @@ def main() -> None:
     args.clients = [int(c) for c in args.clients.split(",")]
     with tempfile.TemporaryDirectory(prefix="ebgen-load-") as tmp:
         model_dir = args.model
-        if model_dir is None:
+        if model_dir is not None:  # a bundled name (mnist, ring, grid) or a directory
+            from ebgen.serve.runtime import resolve_model_path
+
+            model_dir = str(resolve_model_path(model_dir))
+        else:
             from ebgen.config import preset_config
             from ebgen.export import export_model
             from ebgen.train import train
@@ -207,8 +216,8 @@ def main() -> None:
     print(f"\n{SAMPLES} samples per request; model {model_dir if args.model else 'tiny (8x8)'}; "
           f"{os.cpu_count()} CPUs\n")
     print("| engine           | endpoint | clients | requests |  p50 ms  |  p99 ms  |  req/s   "
-          "| samples/s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+          "| samples/s | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(_fmt(r))
     if args.json:
