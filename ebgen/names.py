@@ -11,6 +11,10 @@ GENERATOR_UINT8_OUTPUT = "pixels"
 #: energy.onnx: sample in, energy per sample out.
 ENERGY_INPUT = "x"
 ENERGY_OUTPUT = "energy"
+#: What scoring returns per sample (`score`, the v2 energy model's outputs, in this order).
+LOG_DENSITY = "log_density"       # −energy
+PERCENTILE = "percentile"         # 0–100 among the training data's energies
+SCORE_OUTPUTS = (ENERGY_OUTPUT, LOG_DENSITY, PERCENTILE)
 #: The named dynamic axis of every ONNX input and output.
 BATCH_AXIS = "batch"
 

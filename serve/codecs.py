@@ -21,6 +21,7 @@ import io
 import json
 import math
 import re
+import zlib
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from PIL import Image
 from ebgen.errors import one_line
 from ebgen.pixels import unit_to_uint8
 
-from .validation import RequestError
+from .validation import Limits, RequestError, check_body_size
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -215,6 +216,24 @@ def encode_json_images(images: np.ndarray, grid: bool = False) -> dict[str, Any]
     out: dict[str, Any] = {"images": [b64(encode_png(p)) for p in pixels]}
     if grid:
         out["grid"] = b64(encode_png(make_grid(pixels)))
+    return out
+
+
+def inflate(body: bytes, encoding: str | None, limits: Limits) -> bytes:
+    """`body` decompressed per its Content-Encoding (gzip, deflate or none), never past the
+    body cap (413), so a small bomb cannot expand without bound."""
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise RequestError(415, f"Content-Encoding {encoding[:20]!r} is not supported: "
+                                f"expected gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limits.max_body_bytes + 1)
+    except zlib.error as err:
+        raise RequestError(400, f"body is not valid {encoding}: {one_line(err)}") from None
+    check_body_size(len(out), limits)
     return out
 
 

@@ -1,6 +1,8 @@
 """The built-in HTTP service (FastAPI + uvicorn): `ebgen serve MODEL` with no JVM.
 
-Endpoints (bodies in `ebgen.serve.service`):
+Here: the config, the REST routes, metrics, and `create_app`, which wires a `Backend` (model,
+micro-batchers, limits: `ebgen.serve.backend`) to the REST routes and the v2 routes
+(`ebgen.serve.v2`). Endpoints (REST bodies in `ebgen.serve.service`):
 
     GET  /v2/health/live, /v2/health/ready     Open Inference Protocol v2 (KServe, Triton)
     GET  /v2, /v2/models/{name}[/ready]        metadata of "generator" and "energy"
@@ -21,10 +23,8 @@ full queue answers 503 with Retry-After). Every bad request gets a 4xx `{"error"
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import time
@@ -32,8 +32,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -41,11 +40,9 @@ from starlette.exceptions import HTTPException
 from ebgen import __version__
 
 from . import lifeline, service, v2
-from .batching import MicroBatcher
-from .validation import (Limits, RequestError, check_body_size, check_count,
-                         check_finite_output, check_generate, check_latents, check_samples)
+from .backend import Backend, log
+from .validation import Limits, RequestError
 
-log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
 CONFIG_ENV = "EBGEN_SERVE_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The pid of a multi-worker server's supervisor, which its workers watch.
@@ -116,74 +113,47 @@ def _error(err: RequestError) -> Response:
     return _response(service.Reply.error(err))
 
 
-async def _read_body(request: Request, limits: Limits) -> bytes:
-    """The body, refused with 413 as soon as it (or its Content-Length) passes the cap, and
-    with 408 when it takes longer than `limits.body_timeout_s` to arrive (a slow client)."""
-    length = request.headers.get("content-length", "").strip()
-    if length.isascii() and length.isdigit():
-        check_body_size(int(length), limits)
-    chunks, total = [], 0
-    try:
-        async with asyncio.timeout(limits.body_timeout_s):
-            async for chunk in request.stream():
-                total += len(chunk)
-                check_body_size(total, limits)
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestError(408, f"request body not received within {limits.body_timeout_s:g} "
-                                f"s") from None
-    return b"".join(chunks)
+def rest_router(backend: Backend, metrics: _Metrics) -> APIRouter:
+    """`POST /generate`, `POST /score` (TorchServe's handler bodies) and `GET /metrics`."""
+    routes = APIRouter()
 
+    @routes.post("/generate")
+    async def generate(request: Request):
+        params = service.parse_generate(await backend.body(request), backend.limits)
+        z = service.latents_for(backend.model, params)
+        x = await backend.run("generator", request, z)
+        return _response(await run_in_threadpool(service.encode_generate, backend.model,
+                                                 params, x))
 
-async def _unless_abandoned(request: Request, work: Any) -> Any:
-    """Await `work` (a batcher submission), cancelling it should the client hang up first: a
-    queued request whose client has gone is never computed."""
-    job = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(request.receive())  # after the body: only a disconnect
-    try:
-        await asyncio.wait({job, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if not job.done() and watch.done() and not watch.cancelled() \
-                and watch.result().get("type") == "http.disconnect":
-            job.cancel()
-            raise RequestError(499, "client closed the request")
-        return await job
-    finally:
-        watch.cancel()
-        if not job.done():
-            job.cancel()
+    @routes.post("/score")
+    async def score(request: Request):
+        # decoding (PNG, JSON) runs off the event loop, which keeps answering health checks
+        x = await run_in_threadpool(service.decode_score_request, await backend.body(request),
+                                    backend.model, backend.limits)
+        energies = await backend.run("energy", request, x)
+        return _response(service.Reply.json(service.score_result(backend.model, energies)))
+
+    @routes.get("/metrics")
+    async def prometheus():
+        body, media = metrics.render()
+        return Response(body, media_type=media)
+
+    return routes
 
 
 def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
-    """The FastAPI app for `config` (loading `config.model` at start unless `model` is given)."""
-    limits = config.limits
+    """The FastAPI app for `config` (loading `config.model` at start unless `model` is given):
+    a `Backend`, the REST and v2 routes over it, one-line JSON errors, metrics."""
     metrics = _Metrics()
-    state: dict[str, Any] = {"model": model, "ready": False}
-
-    def batcher(name: str, run) -> MicroBatcher:
-        b = MicroBatcher(lambda items: run(state["model"], items), config.max_batch_size,
-                         config.max_delay_ms, config.max_queue, name=name, cost=len)
-        b.on_batch = lambda n, s: metrics.batch.labels(name).observe(n)
-        return b
-
-    gen = batcher("generator", service.run_generator_batch)
-    energy = batcher("energy", service.run_energy_batch)
+    backend = Backend(config.model, config.device, config.limits, config.max_batch_size,
+                      config.max_delay_ms, config.max_queue, model=model,
+                      on_batch=lambda name, n: metrics.batch.labels(name).observe(n))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if state["model"] is None:
-            from .runtime import load_model
-
-            state["model"] = load_model(config.model, config.device)
-        m = state["model"]
-        log.info("ebgen HTTP service: model %s %s on %s (pid %d)", m.info.get("name"),
-                 list(m.sample_shape), ", ".join(m.providers), os.getpid())
-        await gen.start()
-        await energy.start()
-        state["ready"] = True
+        await backend.start()
         yield
-        state["ready"] = False
-        await gen.stop()
-        await energy.stop()
+        await backend.stop()
 
     app = FastAPI(title="ebgen", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)
@@ -212,110 +182,15 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
             # that /metrics counts and that keeps the keep-alive connection usable
             log.exception("internal error on %s", request.url.path)
             response = _error(RequestError(500, f"internal error: {type(err).__name__}"))
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "other")
+        endpoint = getattr(request.scope.get("route"), "path", "other")
         metrics.requests.labels(endpoint, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        metrics.queue.labels("generator").set(gen.queued)
-        metrics.queue.labels("energy").set(energy.queued)
+        for name, batcher in backend.batchers.items():
+            metrics.queue.labels(name).set(batcher.queued)
         return response
 
-    @app.post("/generate")
-    async def generate(request: Request):
-        params = service.parse_generate(await _read_body(request, limits), limits)
-        x = await _unless_abandoned(request, gen.submit(service.latents_for(state["model"],
-                                                                             params)))
-        return _response(await run_in_threadpool(service.encode_generate, state["model"],
-                                                 params, x))
-
-    @app.post("/score")
-    async def score(request: Request):
-        # decoding (PNG, JSON) runs off the event loop, which keeps answering health checks
-        x = await run_in_threadpool(service.decode_score_request,
-                                    await _read_body(request, limits), state["model"], limits)
-        energies = await _unless_abandoned(request, energy.submit(x))
-        return _response(service.Reply.json(service.score_result(state["model"], energies)))
-
-    @app.get("/metrics")
-    async def prometheus():
-        body, media = metrics.render()
-        return Response(body, media_type=media)
-
-    @app.get("/v2")
-    async def server_metadata():
-        return {"name": "ebgen", "version": __version__, "extensions": v2.EXTENSIONS}
-
-    @app.get("/v2/health/live")
-    async def live():
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready():
-        if not state["ready"]:
-            raise RequestError(503, "model is loading")
-        for b in (gen, energy):  # a batcher that died is restarted (and logged) here too
-            if not b.alive:
-                await b.start()
-        return {"ready": True}
-
-    def v2_model(name: str, version: str | None = None) -> Any:
-        if name not in v2.MODELS:
-            raise RequestError(404, f"unknown model {name[:40]!r}: expected generator or energy")
-        if version is not None and version != "1":
-            raise RequestError(404, f"model {name} has no version {version[:20]!r}; its one "
-                                    f"version is 1")
-        return state["model"]
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str | None = None):
-        return v2.model_metadata(name, v2_model(name, version))
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None):
-        v2_model(name, version)
-        return {"name": name, "ready": state["ready"]}
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None):
-        m = v2_model(name, version)
-        body = v2.inflate(await _read_body(request, limits),
-                          request.headers.get("content-encoding"), limits)
-        req = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH), name,
-                               v2.MODELS[name])
-        expected = "z" if name == "generator" else "x"
-        extra = sorted(set(req.inputs) - {expected})
-        if extra:
-            raise RequestError(422, f"unknown input {extra[0][:40]!r} of {name}; expected "
-                                    f"{expected}")
-        out: dict[str, np.ndarray] = {}
-        parameters: dict[str, Any] = {}
-        if name == "generator":
-            if "z" in req.inputs:
-                if req.parameters:
-                    raise RequestError(422, "give either input z or parameters num_samples/seed")
-                z = check_latents(req.inputs["z"], m.z_dim, limits)
-            else:
-                params = check_generate(req.parameters, limits)
-                z, parameters = service.latents_for(m, params), {"seed": params.seed}
-            out["x"] = check_finite_output(await _unless_abandoned(request, gen.submit(z)),
-                                           "generator's output")
-        else:
-            if "x" not in req.inputs:
-                raise RequestError(422, "energy needs input x")
-            x = check_samples(req.inputs["x"], m.sample_shape)
-            check_count(len(x), limits)
-            result = service.score_result(m, await _unless_abandoned(request, energy.submit(x)))
-            out = {"energy": np.asarray(result["energy"], np.float32),
-                   "log_density": np.asarray(result["log_density"], np.float32),
-                   "percentile": np.asarray(result["percentile"], np.float64)}
-        content, headers = await run_in_threadpool(v2.encode_response, name, out, req,
-                                                   parameters)
-        media = "application/octet-stream" if headers else service.JSON_TYPE
-        return Response(content, media_type=media, headers=headers)
-
+    app.include_router(rest_router(backend, metrics))
+    app.include_router(v2.router(backend))
     return app
 
 

@@ -26,7 +26,8 @@ from ebgen.bundled import bundled_model_path, bundled_names
 from ebgen.errors import EbgenError, one_line
 from ebgen.latents import sample_latents
 from ebgen.model_format import model_file, read_model_info
-from ebgen.names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE
+from ebgen.names import (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE,
+                         SCORE_OUTPUTS)
 from ebgen.pixels import uint8_to_unit, unit_to_uint8
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class InferenceModel:
     def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Per sample: `energy`, `log_density` (= −energy, unnormalised) and `percentile`."""
         energy = self.energy(x)
-        return {"energy": energy, "log_density": -energy, "percentile": self.percentile(energy)}
+        return dict(zip(SCORE_OUTPUTS, (energy, -energy, self.percentile(energy))))
 
     def _check_input(self, x: Any) -> np.ndarray:
         x = np.asarray(x)

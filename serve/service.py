@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ebgen.names import SCORE_OUTPUTS
 from ebgen.pixels import unit_to_uint8
 
 from . import codecs
@@ -40,7 +41,7 @@ from .validation import (GenerateParams, Limits, RequestError, check_body_size, 
 
 log = logging.getLogger(__name__)
 #: Fields of a JSON score request.
-SCORE_FIELDS = ("instances", "dtype")
+SCORE_REQUEST_FIELDS = ("instances", "dtype")
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
 PNG_TYPE = "image/png"
@@ -192,7 +193,7 @@ def decode_score_request(body: bytes | str | Mapping | np.ndarray, model: Any,
             if not isinstance(body, Mapping) or "instances" not in body:
                 raise RequestError(422, 'JSON score request must be {"instances": [...]} '
                                         '(base64 PNGs or nested lists)')
-            check_fields(body, SCORE_FIELDS, "score")
+            check_fields(body, SCORE_REQUEST_FIELDS, "score")
             items, dtype = body["instances"], body.get("dtype", "float32")
             if not isinstance(items, list) or not items:
                 raise RequestError(422, "instances must be a non-empty list")
@@ -213,9 +214,8 @@ def run_energy_batch(model: Any, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
 def score_result(model: Any, energy: np.ndarray) -> dict[str, list[float]]:
     """Energies → {"energy", "log_density", "percentile"} lists (percentile via the runtime)."""
     energy = check_finite_output(np.asarray(energy, dtype=np.float32), "energy")
-    return {"energy": [float(e) for e in energy],
-            "log_density": [float(-e) for e in energy],
-            "percentile": [float(p) for p in model.percentile(energy)]}
+    columns = (energy, -energy, model.percentile(energy))
+    return {name: [float(v) for v in column] for name, column in zip(SCORE_OUTPUTS, columns)}
 
 
 def score_batch(model: Any, requests: Sequence[np.ndarray | RequestError]) -> list[Reply]:

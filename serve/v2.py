@@ -9,25 +9,35 @@ Both encodings of a tensor are understood:
 
 Outputs come back binary the same way when the request asks for it (`"binary_data": true` on an
 output, or `"binary_data_output": true` among the request's parameters), JSON otherwise. A body
-with `Content-Encoding: gzip` or `deflate` is inflated under the same size cap as a plain one.
+with `Content-Encoding: gzip` or `deflate` is inflated under the same size cap as a plain one
+(`ebgen.serve.codecs.inflate`).
 
-    request = parse_request(body, None, "energy", ("energy", "log_density", "percentile"))
+    request = parse_request(body, None, "energy", MODELS["energy"])
     body, headers = encode_response("energy", outputs, request)
+
+`router(backend)` puts the routes over an `ebgen.serve.backend.Backend`: server and model
+metadata (also under `/versions/1`), health, and `infer` for "generator" (input z, or
+parameters num_samples/seed) and "energy" (input x → energy, log_density, percentile).
 """
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from starlette.requests import Request
 
+from ebgen import __version__
 from ebgen.errors import one_line
+from ebgen.names import (ENERGY_INPUT, GENERATOR_INPUT, GENERATOR_OUTPUT, PERCENTILE,
+                         SCORE_OUTPUTS)
 
-from .codecs import dumps, parse_json
-from .validation import Limits, RequestError, check_body_size, check_fields
+from .codecs import dumps, inflate, parse_json
+from .service import JSON_TYPE, latents_for, score_result
+from .validation import (RequestError, check_count, check_fields, check_finite_output,
+                         check_generate, check_latents, check_samples)
 
 #: The header that says how many leading bytes of a body (request or response) are JSON.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -42,7 +52,9 @@ TENSOR_FIELDS = ("name", "shape", "datatype", "data", "parameters")
 #: Parameters a request may carry besides the model's own.
 PROTOCOL_PARAMETERS = ("binary_data_output",)
 #: v2 model names → their output tensors.
-MODELS = {"generator": ("x",), "energy": ("energy", "log_density", "percentile")}
+MODELS = {"generator": (GENERATOR_OUTPUT,), "energy": SCORE_OUTPUTS}
+#: Each model's one input.
+INPUTS = {"generator": GENERATOR_INPUT, "energy": ENERGY_INPUT}
 #: Each model's own request parameters.
 MODEL_PARAMETERS = {"generator": ("num_samples", "seed"), "energy": ()}
 
@@ -61,36 +73,18 @@ class InferRequest:
 
 def model_metadata(name: str, model: Any) -> dict[str, Any]:
     """`GET /v2/models/{name}` for an `InferenceModel`: its tensors, version and providers."""
-    x = {"name": "x", "datatype": "FP32", "shape": [-1, *model.sample_shape]}
+    x = {"name": GENERATOR_OUTPUT, "datatype": "FP32", "shape": [-1, *model.sample_shape]}
     if name == "generator":
-        inputs = [{"name": "z", "datatype": "FP32", "shape": [-1, model.z_dim]}]
+        inputs = [{"name": GENERATOR_INPUT, "datatype": "FP32", "shape": [-1, model.z_dim]}]
         outputs = [x]
     else:
-        inputs = [x]
-        outputs = [{"name": n, "datatype": "FP64" if n == "percentile" else "FP32",
+        inputs = [{**x, "name": ENERGY_INPUT}]
+        outputs = [{"name": n, "datatype": "FP64" if n == PERCENTILE else "FP32",
                     "shape": [-1]} for n in MODELS["energy"]]
     return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": inputs, "outputs": outputs,
             "parameters": {"ebgen_model": model.info.get("name"),
                            "providers": list(model.providers)}}
-
-
-def inflate(body: bytes, encoding: str | None, limits: Limits) -> bytes:
-    """`body` decompressed per its Content-Encoding (gzip, deflate or none), never past the
-    body cap (413), so a small bomb cannot expand without bound."""
-    encoding = (encoding or "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise RequestError(415, f"Content-Encoding {encoding[:20]!r} is not supported: "
-                                f"expected gzip or deflate")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limits.max_body_bytes + 1)
-    except zlib.error as err:
-        raise RequestError(400, f"body is not valid {encoding}: {one_line(err)}") from None
-    check_body_size(len(out), limits)
-    return out
 
 
 def _header_length(text: str | None, size: int) -> int | None:
@@ -263,3 +257,86 @@ def encode_response(model_name: str, outputs: Mapping[str, np.ndarray], request:
     if not chunks:
         return head, {}
     return b"".join([head, *chunks]), {HEADER_LENGTH: str(len(head))}
+
+
+def _model(backend: Any, name: str, version: str | None) -> Any:
+    if name not in MODELS:
+        raise RequestError(404, f"unknown model {name[:40]!r}: expected generator or energy")
+    if version is not None and version != "1":
+        raise RequestError(404, f"model {name} has no version {version[:20]!r}; its one "
+                                f"version is 1")
+    return backend.model
+
+
+async def infer(backend: Any, request: Request, name: str, version: str | None = None
+                ) -> tuple[bytes, dict[str, str]]:
+    """One `POST /v2/models/{name}[/versions/{version}]/infer`: body and headers."""
+    from starlette.concurrency import run_in_threadpool
+
+    m, limits = _model(backend, name, version), backend.limits
+    body = inflate(await backend.body(request), request.headers.get("content-encoding"), limits)
+    req = parse_request(body, request.headers.get(HEADER_LENGTH), name, MODELS[name])
+    extra = sorted(set(req.inputs) - {INPUTS[name]})
+    if extra:
+        raise RequestError(422, f"unknown input {extra[0][:40]!r} of {name}; expected "
+                                f"{INPUTS[name]}")
+    parameters: dict[str, Any] = {}
+    if name == "generator":
+        if GENERATOR_INPUT in req.inputs:
+            if req.parameters:
+                raise RequestError(422, "give either input z or parameters num_samples/seed")
+            z = check_latents(req.inputs[GENERATOR_INPUT], m.z_dim, limits)
+        else:
+            params = check_generate(req.parameters, limits)
+            z, parameters = latents_for(m, params), {"seed": params.seed}
+        x = await backend.run(name, request, z)
+        out = {GENERATOR_OUTPUT: check_finite_output(x, "generator's output")}
+    else:
+        if ENERGY_INPUT not in req.inputs:
+            raise RequestError(422, f"energy needs input {ENERGY_INPUT}")
+        x = check_samples(req.inputs[ENERGY_INPUT], m.sample_shape)
+        check_count(len(x), limits)
+        result = score_result(m, await backend.run(name, request, x))
+        out = {k: np.asarray(v, np.float64 if k == PERCENTILE else np.float32)
+               for k, v in result.items()}
+    return await run_in_threadpool(encode_response, name, out, req, parameters)
+
+
+def router(backend: Any) -> Any:
+    """The v2 routes (a FastAPI `APIRouter`) over `backend` (`ebgen.serve.backend.Backend`)."""
+    from fastapi import APIRouter, Response
+
+    routes = APIRouter()
+
+    @routes.get("/v2")
+    async def server_metadata():
+        return {"name": "ebgen", "version": __version__, "extensions": EXTENSIONS}
+
+    @routes.get("/v2/health/live")
+    async def live():
+        return {"live": True}
+
+    @routes.get("/v2/health/ready")
+    async def ready():
+        await backend.check_ready()
+        return {"ready": True}
+
+    @routes.get("/v2/models/{name}")
+    @routes.get("/v2/models/{name}/versions/{version}")
+    async def metadata(name: str, version: str | None = None):
+        return model_metadata(name, _model(backend, name, version))
+
+    @routes.get("/v2/models/{name}/ready")
+    @routes.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None):
+        _model(backend, name, version)
+        return {"name": name, "ready": backend.ready}
+
+    @routes.post("/v2/models/{name}/infer")
+    @routes.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer_route(name: str, request: Request, version: str | None = None):
+        content, headers = await infer(backend, request, name, version)
+        media = "application/octet-stream" if headers else JSON_TYPE
+        return Response(content, media_type=media, headers=headers)
+
+    return routes
