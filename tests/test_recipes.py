@@ -14,7 +14,9 @@ from ebgen.errors import EbgenError
 from ebgen.losses import (calibration_loss, gradient_penalty, importance_weights, input_gradients,
                           knn_entropy, knn_log_density, score_matching)
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
+from ebgen.names import METRICS_FILE
 from ebgen.train import Trainer, train
+from ebgen.train.energy_terms import TermWeights
 
 
 @pytest.mark.parametrize("std", [0.05, 1.0])
@@ -160,8 +162,7 @@ def test_gan_objective_builds_no_statistics_network(tmp_path):
     assert trainer.config.train.entropy == "mi" and trainer.statistics is None
     assert trainer.train_step()["entropy"].isfinite()  # logs the cheap batch-norm estimate
     trainer.step = trainer.config.train.steps  # past the handover: still R1 only
-    assert trainer._energy_term_weights() == (trainer.config.train.gradient_penalty, 0.0, 0.0,
-                                              0.0)
+    assert trainer._energy_term_weights() == TermWeights(r1=trainer.config.train.gradient_penalty)
 
 
 def _energy_loss_after_one_step(tmp_path, **terms) -> float:
@@ -236,14 +237,32 @@ def test_calibrate_from_hands_r1_over_to_score_matching_and_calibration(tmp_path
         weights.append(trainer._energy_term_weights())
         estimates.append(trainer._entropy_estimate())
         trainer.train_step()
-    assert weights[:5] == [(0.01, 0.0, 0.0, 0.0)] * 5
-    assert weights[5:] == [(0.0, 10.0, 3.0, 2.0)] * 5
+    late = TermWeights(score_matching=10.0, calibration=3.0, likelihood=2.0)
+    assert weights[:5] == [TermWeights(r1=0.01)] * 5
+    assert weights[5:] == [late] * 5
     assert estimates == ["mi"] * 5 + ["knn"] * 5  # the entropy hands over too
     config.train.calibrate_from = 0.0  # 0: all four from the start
-    assert Trainer(config, tmp_path / "together", progress=False)._energy_term_weights() == (
-        0.01, 10.0, 3.0, 2.0)
+    assert Trainer(config, tmp_path / "together", progress=False)._energy_term_weights() == \
+        TermWeights(r1=0.01, score_matching=10.0, calibration=3.0, likelihood=2.0)
     with pytest.raises(EbgenError, match="calibrate_from is a share"):
         preset_config("toy2d", calibrate_from=1.0)
+
+
+def test_metrics_log_each_energy_term_and_they_sum_to_the_loss(tmp_path):
+    """metrics.jsonl carries every energy term that is on, by name, beside the total."""
+    config = preset_config("toy2d", steps=4, batch_size=32, z_dim=4, energy_width=16,
+                           generator_width=16, num_experts=8, num_points=2048, log_every=1,
+                           gradient_penalty=0.01, score_matching=10.0, calibration=3.0,
+                           likelihood=2.0, energy_magnitude=0.1, calibrate_from=0.5)
+    Trainer(config, tmp_path, progress=False).fit()
+    rows = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    early = {"term_contrast", "term_r1", "term_magnitude"}
+    late = {"term_contrast", "term_score_matching", "term_calibration", "term_likelihood",
+            "term_magnitude"}
+    assert [{k for k in row if k.startswith("term_")} for row in rows] == [early] * 2 + [late] * 2
+    for row in rows:
+        terms = sum(v for k, v in row.items() if k.startswith("term_"))
+        assert terms == pytest.approx(row["loss_energy"], rel=1e-3, abs=1e-3)
 
 
 @pytest.mark.slow

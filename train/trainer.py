@@ -8,6 +8,7 @@ what the uninterrupted run would have drawn; optimiser state and step live in tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -24,15 +25,13 @@ from ebgen.data import load_data, standardisation
 from ebgen.errors import EbgenError
 from ebgen.evaluate import energy_function
 from ebgen.latents import sample_latents
-from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
-                          gan_generator_loss, generator_loss, gradient_penalty,
-                          calibration_loss, exact_score_matching, input_gradients,
-                          kde_proposal, knn_entropy, likelihood_loss, score_matching)
+from ebgen.losses import batchnorm_entropy, gan_generator_loss, generator_loss, knn_entropy
 from ebgen.models import build_models
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
 
 from .distributed import barrier, setup_runtime, teardown_runtime
+from .energy_terms import TermWeights, energy_terms
 
 #: The seed stream of the fixed latents used for sample grids (distinct from per-step streams).
 _FIXED_LATENT_STREAM = 0xF1ED
@@ -149,57 +148,19 @@ class Trainer:
         self.generator_opt.step()
         if train_statistics:
             self.statistics_opt.step()
-        # Energy step. Rows a penalty needs ∇ₓE at (data for R1, noisy data for score
-        # matching) go through their own forward pass; only they pay the double backward.
-        r1, sm, cal, lik = self._energy_term_weights()
-        # Penalties live in the nets' standardised coordinates u = (x − shift) / scale, so their
-        # weights and noise std mean the same at any location and scale of the data.
-        scale = unwrap(self.energy).input_scale
+        # Energy step: its terms by name (train/energy_terms.py), summed here.
         with self._autocast():
-            n = len(x)
-            graded = [x] if r1 > 0 else []
-            exact = cfg.score_matching_kind == "exact"
-            if sm > 0:  # a random batch, so its first rows are a random subset
-                noisy = x[:max(1, round(cfg.score_matching_share * n))]
-                noise = torch.randn_like(noisy)
-                graded.append(noisy if exact else noisy + cfg.score_matching_std * scale * noise)
-            plain = [x_fake.detach()] if r1 > 0 else [x, x_fake.detach()]
-            plain_energies = self.energy(torch.cat(plain))
-            energy_samples = plain_energies[-n:]
-            if graded:
-                inputs = torch.cat(graded).requires_grad_(True)
-                graded_energies = self.energy(inputs)
-                grad = input_gradients(graded_energies, inputs) * scale  # ∇ᵤE
-            energy_data = graded_energies[:n] if r1 > 0 else plain_energies[:n]
-            if cfg.objective == "ddgm":
-                loss_e = energy_loss(energy_data, energy_samples)
-                if cal > 0:
-                    loss_e = loss_e + cal * calibration_loss(energy_data, standardise(x),
-                                                             cfg.entropy_neighbours)
-                if lik > 0:
-                    y, log_q = kde_proposal(standardise(x), len(x), k=cfg.entropy_neighbours)
-                    energy_y = self.energy(unwrap(self.energy).affine.restore(y))
-                    loss_e = loss_e + lik * likelihood_loss(energy_data, energy_y, log_q)
-            else:
-                loss_e = gan_discriminator_loss(energy_data, energy_samples)
-            if r1 > 0:
-                loss_e = loss_e + r1 * gradient_penalty(grad[:n])
-            if sm > 0 and exact:
-                loss_e = loss_e + sm * exact_score_matching(grad, inputs, scale, len(noise),
-                                                            cfg.score_matching_std)
-            elif sm > 0:
-                loss_e = loss_e + sm * score_matching(grad[-len(noise):], noise,
-                                                      cfg.score_matching_std)
-            if cfg.energy_magnitude > 0:
-                loss_e = loss_e + cfg.energy_magnitude * (energy_data.pow(2).mean()
-                                                          + energy_samples.pow(2).mean())
+            step = energy_terms(self.energy, x, x_fake.detach(), cfg, self._energy_term_weights())
+        loss_e = step.loss
         self.energy_opt.zero_grad(set_to_none=True)
         loss_e.backward()
         self.energy_opt.step()
         self.step += 1
         return {"loss_energy": loss_e.detach(), "loss_generator": loss_g.detach(),
-                "energy_data": energy_data.detach().mean(),
-                "energy_samples": energy_samples.detach().mean(), "entropy": entropy.detach()}
+                "energy_data": step.energy_data.detach().mean(),
+                "energy_samples": step.energy_samples.detach().mean(),
+                "entropy": entropy.detach(),
+                **{f"term_{name}": term.detach() for name, term in step.terms.items()}}
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
@@ -252,18 +213,19 @@ class Trainer:
             return cfg.calibrate_entropy
         return cfg.entropy
 
-    def _energy_term_weights(self) -> tuple[float, float, float, float]:
-        """This step's (R1, score matching, calibration, likelihood) weights, per
+    def _energy_term_weights(self) -> TermWeights:
+        """This step's weights of R1, score matching, calibration and likelihood, per
         `calibrate_from`."""
         cfg = self.config.train
         if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
-            return cfg.gradient_penalty, 0.0, 0.0, 0.0
-        late = (cfg.score_matching, cfg.calibration, cfg.likelihood)
+            return TermWeights(r1=cfg.gradient_penalty)
+        late = TermWeights(score_matching=cfg.score_matching, calibration=cfg.calibration,
+                           likelihood=cfg.likelihood)
         if cfg.calibrate_from <= 0:
-            return (cfg.gradient_penalty, *late)
+            return dataclasses.replace(late, r1=cfg.gradient_penalty)
         if not self._calibrating():
-            return cfg.gradient_penalty, 0.0, 0.0, 0.0
-        return (0.0, *late)
+            return TermWeights(r1=cfg.gradient_penalty)
+        return late
 
     def _data_name(self) -> str:
         """The data's name for plot titles: the built-in set, or the file's name."""

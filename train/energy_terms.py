@@ -1,0 +1,100 @@
+"""The energy step's loss, term by term: each term computed once and returned by its name.
+
+`energy_terms` gives the weighted terms the Trainer sums and logs separately (in
+`metrics.jsonl` as `term_<name>`), with the energies of the data and the samples:
+
+    contrast        DDGM: mean E(data) − mean E(samples); GAN: the discriminator's loss
+    r1              ½‖∇ᵤE‖² at the data (Mescheder et al. 2018)
+    score_matching  denoising (Vincent 2011) or exact (the Laplacian of E) score matching
+    calibration     the importance-weighted likelihood of the data batch (ebgen.losses)
+    likelihood      importance-sampled maximum likelihood with a known proposal
+    magnitude       mean(E_data² + E_samples²)
+
+Only the terms whose weight is on appear. Penalties live in the nets' standardised coordinates
+u = (x − shift) / scale, so their weights and noise std mean the same at any location and
+scale of the data. Rows a penalty needs ∇ₓE at (data for R1, noisy data for score matching) go
+through their own forward pass, so only they pay the double backward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ebgen.checkpoint import unwrap
+from ebgen.config import TrainConfig
+from ebgen.losses import (calibration_loss, energy_loss, exact_score_matching,
+                          gan_discriminator_loss, gradient_penalty, input_gradients,
+                          kde_proposal, likelihood_loss, score_matching)
+
+
+@dataclass(frozen=True)
+class TermWeights:
+    """This step's weights of the terms that switch on and off (`calibrate_from`)."""
+
+    r1: float = 0.0
+    score_matching: float = 0.0
+    calibration: float = 0.0
+    likelihood: float = 0.0
+
+
+@dataclass
+class EnergyStep:
+    """The weighted terms by name, and the energies of this step's data and samples."""
+
+    terms: dict[str, torch.Tensor]
+    energy_data: torch.Tensor
+    energy_samples: torch.Tensor
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The terms' sum, added in their order (so a run's numbers never depend on it)."""
+        return sum(self.terms.values())  # 0 + the first term is that term, exactly
+
+
+def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
+                 cfg: TrainConfig, weights: TermWeights) -> EnergyStep:
+    """The energy step's terms for data `x` and detached samples `x_fake`."""
+    net = unwrap(energy)
+    standardise, scale = net.affine.standardise, net.input_scale
+    n = len(x)
+    r1, sm = weights.r1, weights.score_matching
+    exact = cfg.score_matching_kind == "exact"
+    graded = [x] if r1 > 0 else []
+    if sm > 0:  # a random batch, so its first rows are a random subset
+        noisy = x[:max(1, round(cfg.score_matching_share * n))]
+        noise = torch.randn_like(noisy)
+        graded.append(noisy if exact else noisy + cfg.score_matching_std * scale * noise)
+    plain = [x_fake] if r1 > 0 else [x, x_fake]
+    plain_energies = energy(torch.cat(plain))
+    energy_samples = plain_energies[-n:]
+    if graded:
+        inputs = torch.cat(graded).requires_grad_(True)
+        graded_energies = energy(inputs)
+        grad = input_gradients(graded_energies, inputs) * scale  # ∇ᵤE
+    energy_data = graded_energies[:n] if r1 > 0 else plain_energies[:n]
+    terms: dict[str, torch.Tensor] = {}
+    if cfg.objective == "ddgm":
+        terms["contrast"] = energy_loss(energy_data, energy_samples)
+        if weights.calibration > 0:
+            terms["calibration"] = weights.calibration * calibration_loss(
+                energy_data, standardise(x), cfg.entropy_neighbours)
+        if weights.likelihood > 0:
+            y, log_q = kde_proposal(standardise(x), n, k=cfg.entropy_neighbours)
+            energy_y = energy(net.affine.restore(y))
+            terms["likelihood"] = weights.likelihood * likelihood_loss(energy_data, energy_y,
+                                                                       log_q)
+    else:
+        terms["contrast"] = gan_discriminator_loss(energy_data, energy_samples)
+    if r1 > 0:
+        terms["r1"] = r1 * gradient_penalty(grad[:n])
+    if sm > 0 and exact:
+        terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale, len(noise),
+                                                            cfg.score_matching_std)
+    elif sm > 0:
+        terms["score_matching"] = sm * score_matching(grad[-len(noise):], noise,
+                                                      cfg.score_matching_std)
+    if cfg.energy_magnitude > 0:
+        terms["magnitude"] = cfg.energy_magnitude * (energy_data.pow(2).mean()
+                                                     + energy_samples.pow(2).mean())
+    return EnergyStep(terms, energy_data, energy_samples)
