@@ -25,7 +25,8 @@ from .options import device_option, model_arguments, pick_model
 @click.option("--max-delay-ms", type=float, default=5.0, show_default=True,
               help="Longest wait for a batch to fill.")
 @click.option("--max-queue", type=int, default=64, show_default=True,
-              help="Requests waiting per model before 503 + Retry-After (http engine).")
+              help="Requests waiting per model before 503 (http: with Retry-After; "
+                   "torchserve: its job_queue_size).")
 @click.option("--max-samples", type=int, default=1024, show_default=True,
               help="Cap on num_samples per generate request.")
 @click.option("--max-body-mb", type=float, default=8.0, show_default=True,
@@ -76,7 +77,7 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
                                metrics_port=port + 2, grpc_inference_port=port + 3,
                                grpc_management_port=port + 4, workers=workers,
                                max_batch_size=max_batch_size, max_delay_ms=int(max_delay_ms),
-                               auth=not no_auth, workdir=workdir, limits=limits)
+                               max_queue=max_queue, auth=not no_auth, workdir=workdir, limits=limits)
         sys.exit(serve_torchserve(cfg, echo=click.echo))
     if no_auth or workdir:
         raise click.UsageError("--no-auth and --workdir apply to --engine torchserve only")
