@@ -44,6 +44,7 @@ COPY ebgen ./ebgen
 COPY train ./train
 COPY export ./export
 COPY serve ./serve
+COPY eval ./eval
 COPY cli ./cli
 # torch first, from $TORCH_INDEX: the CPU wheels by default (PyPI's CUDA build is several GB);
 # for the GPU variant the index of the base image's CUDA.

@@ -64,7 +64,7 @@ def run_one(job: tuple[str, dict[str, Any], str, int, int | None]) -> dict[str, 
     import torch
 
     from ebgen.config import preset_config
-    from ebgen.evaluate import evaluate
+    from ebgen.eval import evaluate
     from ebgen.train import train
 
     torch.set_num_threads(1)

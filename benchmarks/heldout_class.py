@@ -78,7 +78,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     from ebgen.checkpoint import load_checkpoint
     from ebgen.data import load_data
     from ebgen.devices import resolve_device
-    from ebgen.evaluate import energy_function
+    from ebgen.models import energy_function
 
     torch.set_num_threads(job["threads"])
     directory = run_dir(job["out"], job["digit"], job["objective"])

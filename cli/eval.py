@@ -1,4 +1,4 @@
-"""`ebgen eval`: wraps `ebgen.evaluate.evaluate`."""
+"""`ebgen eval`: wraps `ebgen.eval.evaluate`."""
 from __future__ import annotations
 
 import json
@@ -43,7 +43,7 @@ def eval_command(model, num_samples, path, anomaly, plots_dir, seed, device, as_
       ebgen eval ring --plots plots/ring
       ebgen eval mnist --data ~/data/mnist --anomaly --json
     """
-    from ebgen.evaluate import evaluate, format_report
+    from ebgen.eval import evaluate, format_report
 
     if num_samples is not None and num_samples < 2:
         raise click.UsageError("--num-samples must be at least 2")

@@ -13,7 +13,7 @@ an energy E(x) is one (lower energy = more probable).
 - `heldout_class_report`: the protocol of Kumar et al. 2019, where a model trained without
   one class must score that class's held-out digits as anomalies.
 
-numpy only (no torch): `ebgen.evaluate.energy_function` turns an energy net into a score function.
+numpy only (no torch): `ebgen.models.energy_function` turns an energy net into a score function.
 """
 from __future__ import annotations
 

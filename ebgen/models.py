@@ -3,17 +3,21 @@
 Images are float tensors `x` (N, C, H, W) in [-1, 1]; points are `x` (N, D) in the data's own
 units (the nets inside work on standardised coordinates, `InputAffine`). Image nets are
 DCGAN-like convolutional stacks (8, 16, 28, 32 and 64 px, grey or RGB); point nets are MLPs.
-`build_models(config)` makes both from a `ModelConfig`, which is all a checkpoint needs.
+`build_models(config)` makes both from a `ModelConfig`, which is all a checkpoint needs;
+`generator_function` and `energy_function` wrap them as numpy functions (export parity,
+evaluation, the trainer's plots).
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
+from .latents import sample_latents
 
 
 def _base_size(image_size: int) -> int:
@@ -215,3 +219,29 @@ class Generator(nn.Module):
 def build_models(config: ModelConfig) -> tuple[EnergyModel, Generator]:
     """A fresh (energy, generator) pair for `config`."""
     return EnergyModel(config), Generator(config)
+
+
+# ------------------------------------------------------------------ numpy views of the nets
+
+def generator_function(generator: torch.nn.Module, z_dim: int, distribution: str,
+                       device: torch.device, seed: int = 0, batch: int = 4096):
+    """Wrap a generator (eval mode) as `sample(n) -> np.ndarray`, latents seeded by `seed`."""
+    def sample(n: int) -> np.ndarray:
+        z = sample_latents(n, z_dim, seed=seed, distribution=distribution)
+        with torch.no_grad():
+            parts = [generator(torch.from_numpy(z[i:i + batch]).to(device)).float().cpu()
+                     for i in range(0, n, batch)]
+        return torch.cat(parts).numpy()
+    return sample
+
+
+def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu",
+                    batch: int = 4096):
+    """Wrap an energy net as `fn(x: np.ndarray (n, ...)) -> np.ndarray (n,)`, chunked, no grad."""
+    def fn(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with torch.no_grad():
+            parts = [energy(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu()
+                     for i in range(0, len(x), batch)]
+        return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+    return fn

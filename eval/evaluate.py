@@ -16,40 +16,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from .checkpoint import load_checkpoint
-from .config import Config
-from .data import load_data
-from .devices import resolve_device
-from .errors import EbgenError
-from .latents import sample_latents
-from .names import CONFIG_FILE
-from .toy2d import TOY_SETS
-
-
-def generator_function(generator: torch.nn.Module, z_dim: int, distribution: str,
-                       device: torch.device, seed: int = 0, batch: int = 4096):
-    """Wrap a generator (eval mode) as `sample(n) -> np.ndarray`, latents seeded by `seed`."""
-    def sample(n: int) -> np.ndarray:
-        z = sample_latents(n, z_dim, seed=seed, distribution=distribution)
-        with torch.no_grad():
-            parts = [generator(torch.from_numpy(z[i:i + batch]).to(device)).float().cpu()
-                     for i in range(0, n, batch)]
-        return torch.cat(parts).numpy()
-    return sample
-
-
-def energy_function(energy: torch.nn.Module, device: torch.device | str = "cpu",
-                    batch: int = 4096):
-    """Wrap an energy net as `fn(x: np.ndarray (n, ...)) -> np.ndarray (n,)`, chunked, no grad."""
-    def fn(x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        with torch.no_grad():
-            parts = [energy(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu()
-                     for i in range(0, len(x), batch)]
-        return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
-    return fn
+from ebgen.checkpoint import load_checkpoint
+from ebgen.config import Config
+from ebgen.data import load_data
+from ebgen.devices import resolve_device
+from ebgen.errors import EbgenError
+from ebgen.models import energy_function, generator_function
+from ebgen.names import CONFIG_FILE
+from ebgen.toy2d import TOY_SETS
 
 
 @dataclasses.dataclass
@@ -72,8 +47,8 @@ def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto"
         return Evaluated(config, generator_function(generator, config.model.z_dim,
                                                     config.model.latent, torch_device, seed=seed),
                          energy_function(energy, torch_device), meta["step"], "checkpoint")
-    from .bundled import bundled_model_path
-    from .serve.runtime import load_model
+    from ebgen.bundled import bundled_model_path
+    from ebgen.serve.runtime import load_model
 
     if not path.exists() and bundled_model_path(str(target)) is None:
         raise EbgenError(f"{target} does not exist: expected a checkpoint directory, a model "
@@ -113,7 +88,7 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
                               "objective": config.train.objective, "dataset": label}
     plots = Path(plots_dir) if plots_dir is not None else None
     if config.model.kind == "points":
-        from .metrics2d import evaluate_points
+        from ebgen.metrics2d import evaluate_points
 
         data = heldout.values.cpu().numpy()
         report.update(evaluate_points(model.sample, model.energy,
@@ -123,7 +98,7 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
         if plots is not None:
             report["plots"] = _points_plots(model, data, report, plots)
         return report
-    from .evaluate_images import evaluate_images
+    from .images import evaluate_images
 
     report.update(evaluate_images(model.sample, model.energy, config.model, train, heldout,
                                   num_samples or 10_000, seed, anomaly, plots))
@@ -133,7 +108,7 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
 def _points_plots(model: Evaluated, data: np.ndarray, report: dict[str, Any],
                   plots: Path) -> list[str]:
     """The energy landscape with samples over it, and the energy histogram, for 2-D models."""
-    from . import plots as plotting
+    from ebgen import plots as plotting
 
     rng = np.random.default_rng(0)
     samples = model.sample(2000)

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import ModelConfig
+from ebgen.config import ModelConfig
 
 #: The sample shape the bundled classifier reads (MNIST digits).
 CLASSIFIER_SHAPE = (1, 28, 28)
@@ -37,12 +37,12 @@ def evaluate_images(sample: Callable[[int], np.ndarray],
         report[f"energy_{name}_mean"] = float(e.mean())
         report[f"energy_{name}_std"] = float(e.std())
     if tuple(model.sample_shape) == CLASSIFIER_SHAPE:
-        from .image_metrics import classifier_info, image_metrics
+        from ebgen.image_metrics import classifier_info, image_metrics
 
         report.update(image_metrics(samples, data))
         report["classifier_accuracy"] = classifier_info().get("heldout_accuracy")
     if anomaly:
-        from .anomaly import anomaly_report
+        from ebgen.anomaly import anomaly_report
 
         report["anomaly"] = anomaly_report(energy, _pick(train, MAX_PCA_TRAIN, rng), data,
                                            seed=seed)
@@ -61,7 +61,7 @@ def _pick(dataset: Any, most: int, rng: np.random.Generator) -> np.ndarray:
 
 def _image_plots(samples: np.ndarray, data: np.ndarray, energies: dict[str, np.ndarray],
                  plots: Path) -> list[str]:
-    from . import plots as plotting
+    from ebgen import plots as plotting
 
     written = [plotting.save_image_grid(samples[:64], plots / "samples.png"),
                plotting.save_image_grid(data[:64], plots / "data.png"),

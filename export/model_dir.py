@@ -269,7 +269,7 @@ def energy_quantiles(config: Config, energy: torch.nn.Module, generator: torch.n
     """
     from ebgen.data import load_data
     from ebgen.devices import resolve_device
-    from ebgen.evaluate import energy_function, generator_function
+    from ebgen.models import energy_function, generator_function
 
     dev = resolve_device(device)
     rng = np.random.default_rng(0)

@@ -77,7 +77,7 @@ def train_and_measure(name: str, runs: Path, data: str | None, objective: str | 
 
 def rebuild(name: str, runs: Path, data: str | None, compare_gan: bool) -> dict[str, Any]:
     """Train, export into the package and measure one bundled model; returns its quality."""
-    from ebgen.evaluate import evaluate
+    from ebgen.eval import evaluate
     from ebgen.export import export_model
 
     gan_job = None
@@ -175,7 +175,7 @@ def results_table() -> str:
 def remeasure(name: str, data: str | None) -> dict[str, Any]:
     """Rerun `ebgen eval` on a bundled model's exported files and rewrite its quality.json
     (the comparison runs it keeps are not remeasured)."""
-    from ebgen.evaluate import evaluate
+    from ebgen.eval import evaluate
 
     target = PACKAGE_DIR / name
     old = json.loads((target / "quality.json").read_text())

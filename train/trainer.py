@@ -23,7 +23,7 @@ from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, re
 from ebgen.config import Config
 from ebgen.data import load_data, standardisation
 from ebgen.errors import EbgenError
-from ebgen.evaluate import energy_function
+from ebgen.models import energy_function
 from ebgen.latents import sample_latents
 from ebgen.losses import batchnorm_entropy, gan_generator_loss, generator_loss, knn_entropy
 from ebgen.models import build_models
