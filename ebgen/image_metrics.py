@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ebgen.errors import EbgenError
+from ebgen.sessions import ort_session
 
 #: ONNX input of the classifier: images f32 [batch, 1, 28, 28] in [-1, 1].
 CLASSIFIER_INPUT = "x"
@@ -46,15 +47,11 @@ def _asset(name: str) -> Any:
 @functools.lru_cache(maxsize=1)
 def load_classifier() -> Any:
     """The bundled MNIST classifier as a CPU `onnxruntime.InferenceSession` (created once)."""
-    import onnxruntime as ort
-
     path = _asset(CLASSIFIER_ONNX)
     if not path.is_file():
         raise EbgenError(f"the MNIST classifier asset {CLASSIFIER_ONNX} is missing from the "
                          f"ebgen package: reinstall ebgen or run scripts/train_classifier.py")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
+    return ort_session(path.read_bytes())
 
 
 def classifier_info() -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 Every reader returns uint8 arrays in NCHW layout (and int64 labels where the format has them);
 `fit_images` then resizes and converts grey/RGB with pillow to the size a model wants. Anything
-wrong with a file raises `DataError` with a one-line message naming the file.
+wrong with a file raises `DataError` with a one-line message naming the file. Also the one
+pillow conversion (`to_pil`, `from_pil`) and the one image tiling (`tile_images`) that plots
+and served grids share.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import zlib
 from pathlib import Path
@@ -147,17 +150,32 @@ def load_cifar10(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]
     return found
 
 
-def _to_pil(image: np.ndarray) -> Image.Image:
+def to_pil(image: np.ndarray) -> Image.Image:
     """A C×H×W uint8 array as a pillow image (mode L or RGB)."""
     if image.shape[0] == 1:
-        return Image.fromarray(image[0], mode="L")
+        return Image.fromarray(np.ascontiguousarray(image[0]), mode="L")
     return Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
 
 
-def _from_pil(image: Image.Image) -> np.ndarray:
+def from_pil(image: Image.Image) -> np.ndarray:
     """A pillow image (mode L or RGB) as a C×H×W uint8 array."""
     arr = np.asarray(image, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def tile_images(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
+    """N×C×H×W uint8 images (N > 0) tiled into one C×H'×W' uint8 image, `nrow` per row
+    (default ⌈√N⌉, at most N), `padding` black pixels between and around them."""
+    n, c, h, w = images.shape
+    ncol = max(1, min(n, nrow or math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / ncol)
+    grid = np.zeros((c, rows * (h + padding) + padding, ncol * (w + padding) + padding),
+                    dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        top, left = padding + r * (h + padding), padding + k * (w + padding)
+        grid[:, top:top + h, left:left + w] = images[i]
+    return grid
 
 
 def fit_images(images: np.ndarray, size: int, channels: int) -> np.ndarray:
@@ -168,10 +186,10 @@ def fit_images(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     mode = "L" if channels == 1 else "RGB"
     out = np.empty((n, channels, size, size), dtype=np.uint8)
     for i in range(n):
-        img = _to_pil(images[i]).convert(mode)
+        img = to_pil(images[i]).convert(mode)
         if (h, w) != (size, size):
             img = img.resize((size, size), Image.Resampling.LANCZOS)
-        out[i] = _from_pil(img)
+        out[i] = from_pil(img)
     return out
 
 
@@ -193,7 +211,7 @@ def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
             img = img.crop((left, top, left + side, top + side))
             if side != size:
                 img = img.resize((size, size), Image.Resampling.LANCZOS)
-            return _from_pil(img)
+            return from_pil(img)
     except Exception as err:  # pillow raises many kinds for damaged files
         raise DataError(f"cannot read image {path}: {one_line(err)}") from None
 

@@ -6,7 +6,6 @@ the functions, so importing this module is cheap. Pixels go through `pixels.unit
 """
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -58,22 +57,15 @@ def _to_numpy(x: Any) -> np.ndarray:
 def image_grid(x: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
     """Tile images (N, C, H, W) in [-1, 1] into one uint8 image: (rows·…, cols·…, C), or 2-D
     for grey. `nrow` is the number of images per row (default ceil(sqrt(N)))."""
+    from .images import tile_images
+
     x = _to_numpy(x)
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
         raise ValueError(f"expected images (N, 1|3, H, W) with N > 0, got shape {x.shape}")
-    n, c, h, w = x.shape
-    ncol = max(1, min(n, nrow or math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / ncol)
-    grid = np.zeros((rows * (h + padding) + padding, ncol * (w + padding) + padding, c),
-                    dtype=np.uint8)
-    pixels = unit_to_uint8(np.nan_to_num(x)).transpose(0, 2, 3, 1)
-    for k in range(n):
-        r, col = divmod(k, ncol)
-        top, left = padding + r * (h + padding), padding + col * (w + padding)
-        grid[top:top + h, left:left + w] = pixels[k]
-    return grid[:, :, 0] if c == 1 else grid
+    grid = tile_images(unit_to_uint8(np.nan_to_num(x)), nrow, padding).transpose(1, 2, 0)
+    return grid[:, :, 0] if grid.shape[2] == 1 else grid
 
 
 def save_image_grid(x: np.ndarray, path: str | os.PathLike, nrow: int | None = None) -> Path:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ebgen.errors import EbgenError, one_line
+from ebgen.sessions import ort_session
 from ebgen.names import BATCH_AXIS
 from ebgen.pixels import unit_to_uint8
 
@@ -119,15 +120,6 @@ def _check_signature(model, filename: str, input_name: str, output_name: str) ->
         if not dims or dims[0].dim_param != BATCH_AXIS:
             raise EbgenError(f"{filename}: {value.name!r} has no dynamic axis {BATCH_AXIS!r} "
                              f"first (got {[d.dim_param or d.dim_value for d in dims]})")
-
-
-def ort_session(path: str | Path):
-    """A fresh CPU onnxruntime session for `path` (errors only in its log)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def check_parity(path: str | Path, module: nn.Module, make_input: InputFn,

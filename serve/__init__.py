@@ -1,8 +1,9 @@
 """ebgen.serve — inference runtime (onnxruntime), codecs, TorchServe handlers, HTTP service.
 
-`load_model(path)` → `InferenceModel` over a model directory; importing this package loads
+The one public way to load a model is `ebgen.load_model(path)` (implemented in
+`ebgen.serve.runtime`), which returns an `InferenceModel`; importing this package loads
 neither torch nor onnxruntime (sessions are created on load).
 """
-from .runtime import InferenceModel, load_model, resolve_model_path
+from .runtime import InferenceModel, resolve_model_path
 
-__all__ = ["InferenceModel", "load_model", "resolve_model_path"]
+__all__ = ["InferenceModel", "resolve_model_path"]

@@ -19,7 +19,6 @@ import base64
 import binascii
 import io
 import json
-import math
 import re
 import zlib
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ebgen.errors import one_line
+from ebgen.images import tile_images, to_pil
 from ebgen.pixels import unit_to_uint8
 
 from .validation import Limits, RequestError, check_body_size
@@ -161,41 +161,20 @@ def parse_json(body: bytes | str) -> Any:
 
 # ----------------------------------------------------------------------------------- encoders
 
-def _pil(image: np.ndarray) -> Image.Image:
-    """A uint8 C×H×W array as a pillow image (L or RGB)."""
-    if image.shape[0] == 1:
-        return Image.fromarray(np.ascontiguousarray(image[0]), mode="L")
-    return Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)), mode="RGB")
-
-
 def encode_png(image: np.ndarray) -> bytes:
     """One uint8 C×H×W image (or a float one in [-1, 1]) as PNG bytes."""
     if image.dtype != np.uint8:
         image = unit_to_uint8(image)
     buf = io.BytesIO()
-    _pil(image).save(buf, format="PNG")
+    to_pil(image).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2) -> np.ndarray:
-    """N×C×H×W uint8 images tiled into one C×H'×W' image (near-square; `nrow` per row)."""
-    n, c, h, w = images.shape
-    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    rows = max(1, math.ceil(n / nrow))
-    grid = np.zeros((c, rows * (h + padding) + padding, nrow * (w + padding) + padding),
-                    dtype=np.uint8)
-    for i in range(n):
-        r, k = divmod(i, nrow)
-        top, left = padding + r * (h + padding), padding + k * (w + padding)
-        grid[:, top:top + h, left:left + w] = images[i]
-    return grid
 
 
 def encode_grid(images: np.ndarray, nrow: int | None = None) -> bytes:
     """N×C×H×W images (uint8, or floats in [-1, 1]) as one PNG grid."""
     if images.dtype != np.uint8:
         images = unit_to_uint8(images)
-    return encode_png(make_grid(images, nrow))
+    return encode_png(tile_images(images, nrow))
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -215,7 +194,7 @@ def encode_json_images(images: np.ndarray, grid: bool = False) -> dict[str, Any]
     pixels = images if images.dtype == np.uint8 else unit_to_uint8(images)
     out: dict[str, Any] = {"images": [b64(encode_png(p)) for p in pixels]}
     if grid:
-        out["grid"] = b64(encode_png(make_grid(pixels)))
+        out["grid"] = b64(encode_png(tile_images(pixels)))
     return out
 
 

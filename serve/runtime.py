@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ebgen.bundled import bundled_model_path, bundled_names
-from ebgen.errors import EbgenError, one_line
+from ebgen.errors import EbgenError
+from ebgen.sessions import ort_session
 from ebgen.latents import sample_latents
 from ebgen.model_format import model_file, read_model_info
 from ebgen.names import (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE,
@@ -157,18 +158,7 @@ class _Net:
 
     def __init__(self, directory: Path, entry: dict[str, Any], providers: list,
                  threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        path = model_file(directory, entry)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:
-            raise EbgenError(f"onnxruntime cannot load {path}: "
-                             f"{one_line(e)}") from e
+        self.session = ort_session(model_file(directory, entry), providers, threads)
         self.input, self.output = entry["input"], entry["output"]
 
     def run(self, x: np.ndarray) -> np.ndarray:

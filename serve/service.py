@@ -18,7 +18,7 @@ Request bodies (the same on `POST /generate`, `POST /score` and TorchServe's
                [-1, 1]), or {"instances": [base64 PNG | nested list, ...], "dtype": "float32"
                | "uint8"} → {"energy": [...], "log_density": [...], "percentile": [...]}
 
-    >>> from ebgen.serve import load_model
+    >>> from ebgen import load_model
     >>> model = load_model("models/tiny")                               # doctest: +SKIP
     >>> generate_response(model, {"num_samples": 4, "seed": 1}).content_type  # doctest: +SKIP
     'image/png'
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ebgen.images import tile_images
 from ebgen.names import SCORE_OUTPUTS
 from ebgen.pixels import unit_to_uint8
 
@@ -109,7 +110,7 @@ def encode_generate(model: Any, params: GenerateParams, x: np.ndarray) -> Reply:
     if params.format == "png":
         pixels = unit_to_uint8(x)
         body = (codecs.encode_png(pixels[0]) if len(x) == 1 and not params.grid
-                else codecs.encode_png(codecs.make_grid(pixels)))
+                else codecs.encode_png(tile_images(pixels)))
         return Reply(body, PNG_TYPE, headers={"X-Seed": seed})
     return Reply.json({"seed": params.seed, "shape": list(x.shape),
                        **codecs.encode_json_images(x, grid=params.grid)}, **{"X-Seed": seed})

@@ -8,7 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from ebgen.cli.main import cli
-from ebgen.serve import codecs, load_model
+from ebgen.images import tile_images
+from ebgen import load_model
+from ebgen.serve import codecs
 
 
 def run(*args: str):
@@ -31,7 +33,7 @@ def test_generate_pngs_grid_and_npy_match_the_runtime(tiny_model_dir, model, tmp
                ).exit_code == 0
     grid = (tmp_path / "g" / "grid.png").read_bytes()
     np.testing.assert_array_equal(codecs.decode_payload(grid),
-                                  codecs.make_grid(model.generate_uint8(4, 0)))
+                                  tile_images(model.generate_uint8(4, 0)))
     assert run("generate", tiny_model_dir, "-n", 5, "--seed", 2, "--out", tmp_path / "s.npy"
                ).exit_code == 0
     np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), model.generate(5, 2))

@@ -29,6 +29,7 @@ from ebgen.names import (BATCH_AXIS, ENERGY_INPUT, ENERGY_ONNX, ENERGY_OUTPUT, G
                          GENERATOR_ONNX, GENERATOR_OUTPUT, GENERATOR_UINT8_ONNX,
                          GENERATOR_UINT8_OUTPUT, GENERATOR_WEIGHTS, MODEL_FILE)
 from ebgen.pixels import unit_to_uint8
+from ebgen.sessions import ort_session
 
 RTOL, ATOL = 1e-3, 1e-4
 MINIMAL_HANDLER = "def handle(data, context):\n    return [None] * len(data or [])\n"
@@ -46,12 +47,6 @@ def make_checkpoint(directory: Path, preset: str, **overrides) -> Path:
         bn.bias.data.normal_(0, 0.2)
     save_checkpoint(directory, config, energy, generator, step=7)
     return directory
-
-
-def ort_session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import bad_requests, free_port
+from ebgen.images import tile_images
 from ebgen.pixels import unit_to_uint8
-from ebgen.serve import codecs, load_model
+from ebgen import load_model
+from ebgen.serve import codecs
 from ebgen.serve.validation import Limits
 
 pytestmark = [pytest.mark.torchserve,
@@ -138,7 +140,7 @@ def test_generate_png_grid_npy_json_match_in_process(ts, client, model):
                                   model.generate_uint8(1, 11)[0])
     grid = client.post(ts.url("generate"), json={"num_samples": 16, "seed": 5, "grid": True})
     np.testing.assert_array_equal(codecs.decode_payload(grid.content),
-                                  codecs.make_grid(model.generate_uint8(16, 5)))
+                                  tile_images(model.generate_uint8(16, 5)))
     npy = client.post(ts.url("generate"), json={"num_samples": 16, "seed": 5, "format": "npy"})
     assert npy.headers["x-seed"] == "5"
     np.testing.assert_array_equal(np.load(io.BytesIO(npy.content)), model.generate(16, 5))
