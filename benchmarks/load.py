@@ -61,7 +61,7 @@ def row(engine: str, endpoint: str, clients: int, lat: list[float], wall: float,
 
 def in_process(model_dir: str, requests: int, max_seconds: float) -> list[dict]:
     """`load_model(...).generate(16, seed)` and `.score(x16)`, called back to back."""
-    from ebgen.serve import load_model
+    from ebgen import load_model
 
     model = load_model(model_dir, device="cpu")
     x = model.generate(SAMPLES, seed=123)
@@ -204,7 +204,8 @@ def main() -> None:
             train(preset_config("tiny"), Path(tmp) / "ckpt", progress=False)
             model_dir = str(export_model(Path(tmp) / "ckpt", Path(tmp) / "model",
                                          progress=False))
-        from ebgen.serve import codecs, load_model
+        from ebgen import load_model
+        from ebgen.serve import codecs
 
         x = load_model(model_dir, device="cpu").generate(SAMPLES, seed=7)
         bodies = {"generate": {"num_samples": SAMPLES, "seed": 1, "format": "npy"},

@@ -50,7 +50,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     from ebgen.export import HANDLER_FILES, export_model
     from ebgen.latents import sample_latents
     from ebgen.models import build_models
-    from ebgen.serve.runtime import load_model
+    from ebgen import load_model
 
     ckpt = Path(args.checkpoint) if args.checkpoint else work / "mnist"
     if args.checkpoint is None:

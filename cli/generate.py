@@ -35,7 +35,8 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
       ebgen generate models/tiny -n 64 --out grid.png
       ebgen generate models/tiny -n 1000 --format npy --out samples.npy
     """
-    from ebgen.serve import codecs, load_model
+    from ebgen import load_model
+    from ebgen.serve import codecs
     from ebgen.serve.service import generate_response
     from ebgen.serve.validation import GenerateParams, Limits
 

@@ -52,7 +52,7 @@ def score_command(model, inputs, device, as_json, quiet) -> None:
     from tqdm import tqdm
 
     from ebgen.errors import EbgenError
-    from ebgen.serve import load_model
+    from ebgen import load_model
     from ebgen.serve.service import decode_score_request, run_energy_batch, score_result
     from ebgen.serve.validation import Limits, RequestError
 

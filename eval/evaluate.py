@@ -48,7 +48,7 @@ def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto"
                                                     config.model.latent, torch_device, seed=seed),
                          energy_function(energy, torch_device), meta["step"], "checkpoint")
     from ebgen.bundled import bundled_model_path
-    from ebgen.serve.runtime import load_model
+    from ebgen import load_model
 
     if not path.exists() and bundled_model_path(str(target)) is None:
         raise EbgenError(f"{target} does not exist: expected a checkpoint directory, a model "

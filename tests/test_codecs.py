@@ -20,7 +20,7 @@ from ebgen.serve.validation import (GenerateParams, Limits, RequestError, check_
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir):
-    from ebgen.serve import load_model
+    from ebgen import load_model
 
     return load_model(tiny_model_dir, device="cpu")
 
@@ -353,7 +353,7 @@ def test_an_image_of_the_wrong_size_is_refused_from_its_header(tiny_model_dir, m
     """A 1024×1024 16-bit PNG of a few KB is refused for an 8×8 model before decoding."""
     from PIL import ImageFile
 
-    from ebgen.serve import load_model
+    from ebgen import load_model
 
     big = io.BytesIO()
     Image.new("I;16", (1024, 1024)).save(big, format="PNG")

@@ -112,7 +112,7 @@ def test_a_ring_far_from_the_origin_trains_as_the_ring_does(tmp_path):
 
 def test_the_user_units_travel_through_export_and_the_onnx_runtime(tmp_path):
     from ebgen.export import export_model
-    from ebgen.serve.runtime import load_model
+    from ebgen import load_model
     from ebgen.train import train
 
     path = _ring_file(tmp_path / "far.npy", (1000.0, -500.0), 100.0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port, stop_process, wait_until
-from ebgen.serve import load_model
+from ebgen import load_model
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
