@@ -46,3 +46,70 @@ def pick_model(argument: str | None, option: str | None) -> str:
     if argument and option and argument != option:
         raise click.UsageError(f"two models given: {argument!r} and --model {option!r}")
     return argument or option or DEFAULT_MODEL
+
+
+def config_options(skip: tuple[str, ...] = ("seed", "device")):
+    """One option per config field (model, data, train sections): `--z-dim` ↔ `z_dim`.
+
+    Types come from the fields' annotations, choices and help text from their metadata
+    (`ebgen.config.opt`), the default from the field itself. Every option defaults to None
+    ("from the preset"); `none` sets an optional field to None. Fields in `skip` have shared
+    options of their own; fitted fields (`option="-"`) have none.
+    """
+    import dataclasses
+    import typing
+
+    from ebgen.config import SECTIONS
+
+    def decorate(f):
+        for _, kind in reversed(SECTIONS):
+            hints = typing.get_type_hints(kind)
+            for fld in reversed(dataclasses.fields(kind)):
+                if fld.name not in skip and fld.metadata.get("option") != "-":
+                    f = _field_option(fld, hints[fld.name])(f)
+        return f
+    return decorate
+
+
+def _field_option(fld, hint):
+    """The click option of one config field."""
+    import dataclasses
+    import typing
+
+    meta = fld.metadata
+    name = meta.get("option") or "--" + fld.name.replace("_", "-")
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    default = [] if fld.default is dataclasses.MISSING else fld.default
+    shown = "none" if default is None else ("on" if default is True else
+                                             "off" if default is False else default)
+    text = f"{meta.get('help', '')} (default: from the preset, else {shown})"
+    if base is bool:
+        flag = fld.name.replace("_", "-")
+        return click.option(f"--{flag}/--no-{flag}", fld.name, default=None, help=text)
+    if typing.get_origin(base) is list:
+        return click.option(name, fld.name, type=typing.get_args(base)[0], multiple=True,
+                            help=text)
+    choices = tuple(meta.get("choices") or ())
+    if choices:
+        kind = click.Choice(choices + (("none",) if optional else ()))
+    else:
+        kind = {int: int, float: float}.get(base, str)
+    metavar = None if choices else {int: "INT", float: "FLOAT"}.get(base, "TEXT")
+    if name == "--data":
+        metavar = "PATH"
+    return click.option(name, fld.name, type=kind, default=None, metavar=metavar, help=text)
+
+
+def config_overrides(fields: dict) -> dict:
+    """The values of `config_options` as config overrides: tuples of repeatable options as
+    lists (empty: not given), `none` as an explicit None (`ebgen.config.NONE`)."""
+    from ebgen.config import NONE
+
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, tuple):
+            value = list(value) or None
+        out[key] = NONE if value == "none" else value
+    return out

@@ -7,10 +7,12 @@ named starting points: `tiny` (tests, seconds on CPU), `toy2d`, `mnist`, `cifar1
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .errors import EbgenError
+from .errors import EbgenError, one_line
 from .toy2d import TOY_SETS
 
 #: Image sizes the convolutional nets support.
@@ -18,38 +20,58 @@ IMAGE_SIZES = (8, 16, 28, 32, 64)
 OBJECTIVES = ("ddgm", "gan")
 OPTIMIZERS = ("adam", "adagrad")
 ENTROPY_ESTIMATES = ("bn", "mi", "knn")
+LATENTS = ("uniform", "normal")
+#: Formats `DataConfig.dataset` names for data read from `path`.
+FILE_FORMATS = ("points", "mnist", "cifar10", "images")
 #: Data sets generated in code (the 2-D sets and the synthetic `shapes` images).
 GENERATED_NAMES = (*TOY_SETS, "shapes")
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", choices: Sequence[str] = (),
+        option: str | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with the help text (and choices) `ebgen train`'s option is made from.
+
+    `option` renames the option (`"--data"` for `path`); `"-"` means the field has none (it is
+    fitted, not chosen). `factory` is a default factory (lists).
+    """
+    meta = {"help": help, "choices": tuple(choices), "option": option}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class ModelConfig:
     """The two networks' architecture; everything needed to rebuild them."""
 
-    kind: str = "points"          # "points" (MLP nets on 2-D data) or "image" (conv nets)
-    data_dim: int = 2             # points: input dimension
-    image_size: int = 28          # image: height = width, one of IMAGE_SIZES
-    channels: int = 1             # image: 1 (grey) or 3 (RGB)
-    z_dim: int = 16
-    latent: str = "uniform"       # "uniform" U(-1, 1) or "normal" N(0, 1)
-    num_experts: int = 128        # softplus experts in the energy
-    energy_width: int = 128       # MLP hidden units, or base conv channels
-    generator_width: int = 128    # MLP hidden units, or base conv channels
-    depth: int = 3                # MLP hidden layers (points only)
-    noise_std: float = 0.01       # noise on the generator's hidden pre-activations (training)
-    num_components: int = 0       # points: split the latent into this many equal-weight
-    #                               components, picked by z's first coordinate, each with its
-    #                               own first-layer offset, so G's samples can form disconnected
-    #                               modes without bridges between them (0 = one connected latent)
-    base: str = "gaussian"        # the energy's base term: "gaussian" (learned isotropic scale
-    #                               and bias) or "data" (per-dimension mean and variance of the
-    #                               training data, fixed before training)
-    base_min_variance: float = 0.05  # "data" base: variance floor (pixels in [-1, 1])
-    standardize: bool = True      # points: the nets work on (x − data_shift) / data_scale, fitted
-    #                               to the training data when training starts (any location and
-    #                               scale trains alike); energies include the change of variables
-    data_shift: list[float] | None = None  # points: per-dimension mean of the training data
-    data_scale: list[float] | None = None  # points: per-dimension std (None: identity)
+    kind: str = opt("points", "Nets: points (MLPs on low-dimensional data) or image (conv nets).",
+                    ("points", "image"))
+    data_dim: int = opt(2, "Points: input dimensions.")
+    image_size: int = opt(28, "Image side in px: 8, 16, 28, 32 or 64.")
+    channels: int = opt(1, "Image channels: 1 (grey) or 3 (RGB).")
+    z_dim: int = opt(16, "Latent dimensions.")
+    latent: str = opt("uniform", "Latent distribution: U(-1, 1) or N(0, 1).", LATENTS)
+    num_experts: int = opt(128, "Softplus experts in the energy.")
+    energy_width: int = opt(128, "Energy: MLP hidden units, or base conv channels.")
+    generator_width: int = opt(128, "Generator: MLP hidden units, or base conv channels.")
+    depth: int = opt(3, "Points: MLP hidden layers of both nets.")
+    noise_std: float = opt(0.01, "Noise on the generator's hidden pre-activations (training).")
+    num_components: int = opt(0, "Points: split the latent into K equal-weight components "
+                                 "(picked by z's first coordinate, each with its own first-layer "
+                                 "offset) so samples can form separate modes with no bridge "
+                                 "between them; 0 = one connected latent.")
+    base: str = opt("gaussian", "The energy's base term: gaussian (learned isotropic scale and "
+                                "bias) or data (the training data's per-dimension mean and "
+                                "variance, fixed before training).", ("gaussian", "data"))
+    base_min_variance: float = opt(0.05, "Variance floor of the data base (pixels in [-1, 1]).")
+    standardize: bool = opt(True, "Points: train the nets on the data standardised per "
+                                  "dimension (the affine is saved with the model; inputs and "
+                                  "outputs stay in your units; energies include the change of "
+                                  "variables).")
+    data_shift: list[float] | None = opt(None, "Points: per-dimension mean of the training data "
+                                               "(fitted when training starts).", option="-")
+    data_scale: list[float] | None = opt(None, "Points: per-dimension std of the training data "
+                                               "(fitted; None: identity).", option="-")
 
     def __post_init__(self) -> None:
         if self.kind not in ("points", "image"):
@@ -87,63 +109,75 @@ class ModelConfig:
 class DataConfig:
     """Where training data comes from."""
 
-    dataset: str | None = "8gaussians"  # a built-in name (`ebgen.toy2d`'s 2-D sets, shapes) or
-    #                               a format (points, mnist, cifar10, images) read from `path`;
-    #                               None guesses the format from `path`
-    path: str | None = None       # a file or folder; the format is guessed when `dataset` is None
-    num_points: int = 100_000     # size of a generated (built-in) data set
-    holdout_fraction: float = 0.1 # share held out for evaluation when no test split exists
-    exclude_classes: list[int] = field(default_factory=list)  # labels left out of the
-    #                               training split (the held-out-class anomaly protocol)
+    dataset: str | None = opt("8gaussians", f"Built in: {', '.join(GENERATED_NAMES)}; or a "
+                                            f"format read from --data: {', '.join(FILE_FORMATS)}"
+                                            f" (none: guessed from the path).")
+    path: str | None = opt(None, "Data file or folder: an N×D .npy/.csv (any location and "
+                                 "scale), an MNIST IDX folder, CIFAR-10 python batches, or a "
+                                 "folder of PNG/JPEG images.", option="--data")
+    num_points: int = opt(100_000, "Size of a generated (built-in) data set.")
+    holdout_fraction: float = opt(0.1, "Share held out for evaluation when no test split "
+                                       "exists.")
+    exclude_classes: list[int] = opt(help="Leave this label out of training (repeatable; "
+                                          "labelled data only: the held-out-class protocol).",
+                                     option="--exclude-class", factory=list)
+
 
 
 @dataclass
 class TrainConfig:
     """How the two networks are trained."""
 
-    objective: str = "ddgm"       # "ddgm" (Kim & Bengio) or "gan" (non-saturating GAN, same nets)
-    recipe: str = "default"       # "default" (ebgen's stabilised recipe) or "paper" (as published)
-    steps: int = 5000
-    batch_size: int = 256
-    optimizer: str = "adam"       # "adam" or "adagrad" (the authors' choice)
-    lr_energy: float = 1e-3
-    lr_generator: float = 1e-3
-    weight_decay: float = 1e-5    # L2 on the energy's parameters
-    beta1: float = 0.5            # Adam betas
-    beta2: float = 0.9
-    entropy_weight: float = 1.0   # weight of H(G) in the generator loss
-    entropy: str = "bn"           # entropy estimate: "bn" (batch-norm scales), "mi" (mutual
-    #                               information, Kumar et al.) or "knn" (nearest neighbours)
-    entropy_neighbours: int = 3   # k of the nearest-neighbour estimates (knn, calibration)
-    lr_decay: bool = False        # decay both learning rates linearly to 0 over `steps`
-    gradient_penalty: float = 0.0 # R1: weight of ½‖∇ₓE‖² at data points (0 = off)
-    energy_magnitude: float = 0.0 # weight of mean(E_data² + E_samples²) (0 = off)
-    score_matching: float = 0.0   # weight of denoising score matching at noisy data (ddgm
-    #                               only, like `calibration`; 0 = off)
-    score_matching_std: float = 0.01  # its noise std, in standardised units (points)
-    score_matching_kind: str = "denoising"  # "denoising" (Vincent 2011) or "exact" (no noise,
-    #                               the Laplacian of E: low-D only; the wells get the data's
-    #                               own width, where denoising widens them by its noise)
-    score_matching_share: float = 1.0  # share of the data batch it noises: only these rows pay
-    #                               its double backward (the rest of the batch still trains E)
-    calibration: float = 0.0      # weight of the importance-weighted likelihood of the data
-    #                               batch, which sets each well's depth (low-D data only; 0 = off)
-    likelihood: float = 0.0       # weight of importance-sampled maximum likelihood with a known
-    #                               proposal around the data batch (`losses.kde_proposal`), which
-    #                               removes exp(−E)'s mass off the data (ddgm, low-D only; 0 = off)
-    calibrate_entropy: str | None = None  # the entropy estimate from `calibrate_from` on (None:
-    #                               `entropy` throughout; e.g. "knn", whose gradient follows
-    #                               the samples' true spread where "mi" saturates)
-    calibrate_from: float = 0.0   # share of `steps` after which score matching and calibration
-    #                               take over from R1 (before: R1 only; after: no R1; 0 = all on
-    #                               from the start)
-    seed: int = 0
-    device: str = "auto"          # "auto", "cpu", "cuda", "cuda:N"
-    amp: bool = True              # bf16 autocast when on CUDA
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    num_eval_samples: int = 64    # fixed latents for sample grids / plots
+    objective: str = opt("ddgm", "ddgm (energy + entropy, Kim & Bengio) or gan (a non-"
+                                 "saturating GAN with the same nets).", OBJECTIVES)
+    recipe: str = opt("default", "default (ebgen's measured recipe) or paper (Kim & Bengio as "
+                                 "published: batch-norm entropy, no regularisers, constant "
+                                 "rates).", ("default", "paper"))
+    steps: int = opt(5000, "Training steps.")
+    batch_size: int = opt(256, "Minibatch per process.")
+    optimizer: str = opt("adam", "adam, or adagrad (the authors' choice, with their rates).",
+                         OPTIMIZERS)
+    lr_energy: float = opt(1e-3, "Energy learning rate.")
+    lr_generator: float = opt(1e-3, "Generator learning rate.")
+    weight_decay: float = opt(1e-5, "L2 on the energy's parameters.")
+    beta1: float = opt(0.5, "Adam β₁.")
+    beta2: float = opt(0.9, "Adam β₂.")
+    entropy_weight: float = opt(1.0, "Weight of H(G) in the generator loss.")
+    entropy: str = opt("bn", "Entropy estimate: bn (batch-norm scales), mi (mutual information, "
+                             "Kumar et al. 2019) or knn (nearest neighbours, low-D only).",
+                       ENTROPY_ESTIMATES)
+    entropy_neighbours: int = opt(3, "k of the nearest-neighbour estimates (knn, calibration).")
+    lr_decay: bool = opt(False, "Decay both learning rates linearly to 0 over the steps.")
+    gradient_penalty: float = opt(0.0, "R1 weight: ½‖∇ₓE‖² at data points (0 = off).")
+    energy_magnitude: float = opt(0.0, "Weight of mean(E_data² + E_samples²) (0 = off).")
+    score_matching: float = opt(0.0, "Weight of score matching of E at the data: shapes each "
+                                     "energy well (ddgm only; 0 = off).")
+    score_matching_std: float = opt(0.01, "Noise std of denoising score matching, in "
+                                          "standardised units for points.")
+    score_matching_kind: str = opt("denoising", "denoising (Vincent 2011, noise of "
+                                                "--score-matching-std) or exact (no noise, the "
+                                                "Laplacian of E: low-D only; the wells get the "
+                                                "data's own width).", ("denoising", "exact"))
+    score_matching_share: float = opt(1.0, "Share (0–1] of the data batch score matching uses; "
+                                           "only those rows pay its double backward.")
+    calibration: float = opt(0.0, "Weight of the data batch's importance-weighted likelihood: "
+                                  "sets how deep each energy well is (ddgm, low-D data only; "
+                                  "0 = off).")
+    likelihood: float = opt(0.0, "Weight of importance-sampled maximum likelihood with a known "
+                                 "proposal around the data batch: removes the energy's mass "
+                                 "between and around the data (ddgm, low-D only; 0 = off).")
+    calibrate_entropy: str | None = opt(None, "Entropy estimate from --calibrate-from on (none: "
+                                              "--entropy throughout).", ENTROPY_ESTIMATES)
+    calibrate_from: float = opt(0.0, "Share of the steps (0–1) after which score matching, "
+                                     "calibration and likelihood take over from R1 (and "
+                                     "--calibrate-entropy from --entropy); 0 = all throughout.")
+    seed: int = opt(0, "Random seed.")
+    device: str = opt("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+    amp: bool = opt(True, "bf16 autocast when on CUDA.")
+    sample_every: int = opt(500, "Steps between sample grids/plots.")
+    checkpoint_every: int = opt(1000, "Steps between checkpoints.")
+    log_every: int = opt(50, "Steps between metrics.jsonl rows.")
+    num_eval_samples: int = opt(64, "Fixed latents drawn for sample grids and plots.")
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -280,19 +314,64 @@ def preset_config(name: str, recipe: str | None = None, **overrides: Any) -> Con
         raise EbgenError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
     sections = {k: dict(v) for k, v in PRESETS[name].items()}
     sections["train"].update(RECIPES[recipe], recipe=recipe)
-    owners = {f.name: sec for sec, kind in (("model", ModelConfig), ("data", DataConfig),
-                                            ("train", TrainConfig))
-              for f in dataclasses.fields(kind)}
     if overrides.get("optimizer") == "adagrad":  # the authors' rates, unless given
         sections["train"].update(AUTHORS_ADAGRAD)
     if overrides.get("path") is not None and overrides.get("dataset") is None \
             and sections["data"].get("dataset") in GENERATED_NAMES:
         sections["data"]["dataset"] = None  # a file replaces the preset's generated set
+    _place(sections, overrides)
+    return Config(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
+                  train=TrainConfig(**sections["train"]), preset=name)
+
+
+SECTIONS = (("model", ModelConfig), ("data", DataConfig), ("train", TrainConfig))
+
+
+class _SetNone:
+    """An override that sets a field to None, where a plain None means "not given" (the CLI's
+    `--calibrate-entropy none`)."""
+
+    def __repr__(self) -> str:
+        return "NONE"
+
+
+NONE = _SetNone()
+
+
+def field_owners() -> dict[str, str]:
+    """Every config field's name → its section ("model", "data" or "train")."""
+    return {f.name: sec for sec, kind in SECTIONS for f in dataclasses.fields(kind)}
+
+
+def _place(sections: dict[str, dict[str, Any]], overrides: dict[str, Any]) -> None:
+    owners = field_owners()
     for key, value in overrides.items():
         if value is None:
             continue
         if key not in owners:
             raise EbgenError(f"unknown config field {key!r}")
-        sections[owners[key]][key] = value
-    return Config(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
-                  train=TrainConfig(**sections["train"]), preset=name)
+        sections[owners[key]][key] = None if value is NONE else value
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """`config` with field overrides (None values ignored), checked exactly as a fresh config
+    is (each section is rebuilt, so its validation runs)."""
+    sections = {sec: dataclasses.asdict(getattr(config, sec)) for sec, _ in SECTIONS}
+    _place(sections, overrides)
+    return Config(**{sec: kind(**sections[sec]) for sec, kind in SECTIONS},
+                  preset=config.preset)
+
+
+def load_config(path: str | Path) -> Config:
+    """A saved `config.json` (a file, or a checkpoint directory holding one), as a `Config`."""
+    import json
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise EbgenError(f"no config file at {path}") from None
+    except (ValueError, TypeError, AttributeError) as err:
+        raise EbgenError(f"cannot read the config {path}: {one_line(err)}") from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import images as imgio
-from .config import GENERATED_NAMES, DataConfig, ModelConfig
+from .config import FILE_FORMATS, GENERATED_NAMES, DataConfig, ModelConfig
 from .errors import DataError, one_line
 from .pixels import uint8_to_unit
 from .toy2d import get_toy_set
@@ -29,12 +29,10 @@ from .toy2d import get_toy_set
 #: Built-in sets generated in code (no path needed).
 GENERATED = GENERATED_NAMES
 #: Formats read from `DataConfig.path`, with what each expects there.
-FORMATS = {
-    "points": "a .npy or .csv file of an N×2 array",
-    "mnist": "a folder of MNIST IDX files",
-    "cifar10": "a folder of CIFAR-10 python batches",
-    "images": "a folder of PNG/JPEG images",
-}
+FORMATS = dict(zip(FILE_FORMATS, ("a .npy or .csv file of an N×2 array",
+                                   "a folder of MNIST IDX files",
+                                   "a folder of CIFAR-10 python batches",
+                                   "a folder of PNG/JPEG images")))
 POINTS_SUFFIXES = (".npy", ".csv")
 
 

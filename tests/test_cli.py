@@ -117,3 +117,54 @@ def test_cli_exit_code_from_a_real_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ebgen.cli.main", "train", "--preset", "nope"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_every_config_field_has_a_train_option_made_from_it():
+    import dataclasses
+
+    from ebgen.cli.train import train_command
+    from ebgen.config import SECTIONS
+
+    options = {p.name: p for p in train_command.params}
+    for _, kind in SECTIONS:
+        for field in dataclasses.fields(kind):
+            if field.metadata.get("option") == "-":  # fitted to the data, not chosen
+                assert field.name not in options
+                continue
+            assert field.name in options, field.name
+            if field.metadata.get("choices"):  # choices from the constants, once
+                assert set(field.metadata["choices"]) <= set(options[field.name].type.choices)
+    assert options["z_dim"].opts == ["--z-dim"] and options["path"].opts == ["--data"]
+    assert "Adam β₂" in options["beta2"].help and "else 0.9" in options["beta2"].help
+
+
+def test_train_from_a_saved_config_with_checked_overrides(tmp_path):
+    first = tmp_path / "first"
+    assert run("train", "--preset", "tiny", "--steps", "2", "--energy-width", "4",
+               "--out", str(first), "--quiet").exit_code == 0
+    second = tmp_path / "second"
+    result = run("train", "--config", str(first / "config.json"), "--steps", "3", "--seed", "5",
+                 "--out", str(second), "--quiet")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((second / "config.json").read_text())
+    assert saved["model"]["energy_width"] == 4 and saved["train"]["steps"] == 3
+    assert saved["train"]["seed"] == 5 and saved["preset"] == "tiny"
+    bad = run("train", "--config", str(first), "--calibrate-from", "1.5", "--out",
+              str(tmp_path / "bad"))
+    assert bad.exit_code == 2 and "calibrate_from is a share" in bad.output
+    resumed = run("train", "--out", str(first), "--resume", "--steps", "3", "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    refused = run("train", "--out", str(first), "--resume", "--z-dim", "3")
+    assert refused.exit_code == 2 and "--z-dim" in refused.output
+    refused = run("train", "--out", str(first), "--resume", "--steps", "-4")
+    assert refused.exit_code == 2 and "steps must be >= 0" in refused.output
+
+
+def test_none_sets_an_optional_field_to_none():
+    from ebgen.cli.options import config_overrides
+    from ebgen.config import preset_config
+
+    fields = config_overrides({"calibrate_entropy": "none", "exclude_classes": ()})
+    config = preset_config("toy2d", **fields)
+    assert config.train.calibrate_entropy is None and config.data.exclude_classes == []
+    assert preset_config("toy2d").train.calibrate_entropy == "knn"  # what "none" replaced

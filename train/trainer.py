@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
                               save_checkpoint, unwrap)
-from ebgen.config import Config
+from ebgen.config import Config, with_overrides
 from ebgen.data import load_data, standardisation
 from ebgen.errors import EbgenError
 from ebgen.models import energy_function
@@ -321,9 +321,6 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
 
 def resume_config(out_dir: str | Path, **overrides: Any) -> Config:
-    """The config saved in a checkpoint, with `train` overrides (e.g. more `steps`) applied."""
-    config = Config.from_dict(read_meta(out_dir))
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config.train, key, value)
-    return config
+    """The config saved in a checkpoint, with overrides (e.g. more `steps`) applied and checked
+    as a fresh config's are."""
+    return with_overrides(Config.from_dict(read_meta(out_dir)), **overrides)
