@@ -21,6 +21,7 @@ OBJECTIVES = ("ddgm", "gan")
 OPTIMIZERS = ("adam", "adagrad")
 ENTROPY_ESTIMATES = ("bn", "mi", "knn")
 LATENTS = ("uniform", "normal")
+ENERGY_ACTIVATIONS = ("leaky_relu", "silu")
 #: Formats `DataConfig.dataset` names for data read from `path`.
 FILE_FORMATS = ("points", "mnist", "cifar10", "images")
 #: Data sets generated in code (the 2-D sets and the synthetic `shapes` images).
@@ -56,6 +57,11 @@ class ModelConfig:
     generator_width: int = opt(128, "Generator: MLP hidden units, or base conv channels.")
     depth: int = opt(3, "Points: MLP hidden layers of both nets.")
     noise_std: float = opt(0.01, "Noise on the generator's hidden pre-activations (training).")
+    energy_activation: str = opt("leaky_relu", "The energy's hidden activation: leaky_relu "
+                                               "(piecewise linear, so each well is a cone: "
+                                               "Laplace-like tails) or silu (smooth: wells "
+                                               "can be quadratic at the bottom).",
+                                 ENERGY_ACTIVATIONS)
     num_components: int = opt(0, "Points: split the latent into K equal-weight components "
                                  "(picked by z's first coordinate, each with its own first-layer "
                                  "offset) so samples can form separate modes with no bridge "
@@ -82,6 +88,9 @@ class ModelConfig:
             raise EbgenError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
         if self.base not in ("gaussian", "data"):
             raise EbgenError(f"base must be 'gaussian' or 'data', got {self.base!r}")
+        if self.energy_activation not in ENERGY_ACTIVATIONS:
+            raise EbgenError(f"energy_activation must be one of {ENERGY_ACTIVATIONS}, got "
+                             f"{self.energy_activation!r}")
         if self.latent not in ("uniform", "normal"):
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
         if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:

@@ -113,11 +113,13 @@ class EnergyModel(nn.Module):
         super().__init__()
         self.config = config
         width = config.energy_width
+        act = (lambda: nn.SiLU()) if config.energy_activation == "silu" else \
+            (lambda: nn.LeakyReLU(0.2))
         if config.kind == "points":
             layers: list[nn.Module] = []
             size_in = config.data_dim
             for _ in range(config.depth):
-                layers += [nn.Linear(size_in, width), nn.LeakyReLU(0.2)]
+                layers += [nn.Linear(size_in, width), act()]
                 size_in = width
             self.features = nn.Sequential(*layers)
             feature_dim = width
@@ -125,7 +127,7 @@ class EnergyModel(nn.Module):
             layers = []
             channels_in, channels = config.channels, width
             for _ in range(_num_resamples(config.image_size)):
-                layers += [nn.Conv2d(channels_in, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+                layers += [nn.Conv2d(channels_in, channels, 4, 2, 1), act()]
                 channels_in, channels = channels, channels * 2
             layers.append(nn.Flatten())
             self.features = nn.Sequential(*layers)
