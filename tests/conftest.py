@@ -5,9 +5,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # One BLAS thread: on a loaded 2-core machine numpy's threaded SVD runs ~100× slower.
@@ -94,6 +96,29 @@ def wait_until(check, timeout: float = 60.0, every: float = 0.3):
             last = err
         time.sleep(every)
     raise TimeoutError(f"not ready after {timeout} s (last error: {last!r})")
+
+
+@contextlib.contextmanager
+def http_service(model_dir: Path, log_path: Path, *args: str) -> Iterator[str]:
+    """`ebgen serve MODEL ARGS` (the HTTP service, CPU) on a free 127.0.0.1 port until ready;
+    yields its host:port; stopped with SIGINT (Ctrl-C) at the end."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ebgen.cli.main", "serve", str(model_dir),
+                                 "--port", str(port), "--device", "cpu", *args],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: proc.poll() is None and httpx.get(
+                f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200, 90)
+            yield f"127.0.0.1:{port}"
+        finally:
+            stop_process(proc)
+    assert proc.returncode is not None
 
 
 @pytest.fixture(scope="session")

@@ -66,30 +66,28 @@ def test_retry_after_follows_the_work_queued_not_an_average():
         gate.wait(10)
         return list(items)
 
+    async def refusal_when_queued(b: MicroBatcher, size: int) -> int:
+        """Retry-After of the request refused when 4 of `size` samples wait behind one."""
+        gate.clear()
+        blocker = asyncio.create_task(b.submit(np.zeros(1)))
+        await asyncio.sleep(0.1)                      # running, stuck on the gate
+        queued = [asyncio.create_task(b.submit(np.zeros(size))) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overloaded) as refused:
+            await b.submit(np.zeros(1))
+        gate.set()
+        await asyncio.gather(blocker, *queued)
+        return refused.value.retry_after
+
     async def main():
         b = MicroBatcher(run, max_batch_size=1, max_delay_ms=0, max_queue=4, cost=len)
         for units in (1, 10, 100, 1000):
             b.timer.add(units, 0.002 * units)
         await b.start()
-        blocker = asyncio.create_task(b.submit(np.zeros(1)))
-        await asyncio.sleep(0.1)                      # running, stuck on the gate
-        small = [asyncio.create_task(b.submit(np.zeros(1))) for _ in range(4)]
-        await asyncio.sleep(0.05)
-        with pytest.raises(Overloaded) as little:
-            await b.submit(np.zeros(1))
-        gate.set()
-        await asyncio.gather(blocker, *small)
-        gate.clear()
-        blocker = asyncio.create_task(b.submit(np.zeros(1)))
-        await asyncio.sleep(0.1)
-        big = [asyncio.create_task(b.submit(np.zeros(1000))) for _ in range(4)]
-        await asyncio.sleep(0.05)
-        with pytest.raises(Overloaded) as lot:
-            await b.submit(np.zeros(1))
-        gate.set()
-        await asyncio.gather(blocker, *big)
+        little = await refusal_when_queued(b, 1)
+        lot = await refusal_when_queued(b, 1000)
         await b.stop()
-        return little.value.retry_after, lot.value.retry_after
+        return little, lot
 
     little, lot = asyncio.run(main())
     assert little == 1

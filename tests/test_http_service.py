@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from conftest import bad_requests, free_port, stop_process, wait_until
+from conftest import bad_requests, free_port, http_service, wait_until
 from ebgen.images import tile_images
 from ebgen.pixels import unit_to_uint8
 from ebgen import load_model
@@ -30,22 +28,11 @@ def model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """`ebgen serve MODEL --workers 2` on a free port; stopped with SIGINT (Ctrl-C)."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("http") / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ebgen.cli.main", "serve", str(tiny_model_dir), "--port",
-         str(port), "--workers", "2", "--max-body-mb", str(BODY_CAP / 2**20), "--device", "cpu"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: proc.poll() is None and
-                   httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200, 90)
-        with httpx.Client(base_url=base, timeout=30) as client:
+    log = tmp_path_factory.mktemp("http") / "serve.log"
+    with http_service(tiny_model_dir, log, "--workers", "2", "--max-body-mb",
+                      str(BODY_CAP / 2**20)) as host:
+        with httpx.Client(base_url=f"http://{host}", timeout=30) as client:
             yield client
-    finally:
-        stop_process(proc)
-        log.close()
-    assert proc.returncode is not None
 
 
 def test_health_and_metadata(server, model):

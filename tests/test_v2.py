@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 
-from conftest import free_port, stop_process, wait_until
+from conftest import http_service
 from ebgen import load_model
 
 httpx = pytest.importorskip("httpx")
@@ -32,19 +30,9 @@ def model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def url(tiny_model_dir, tmp_path_factory):
     """`ebgen serve MODEL` on a free port: its host:port."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("v2") / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ebgen.cli.main", "serve", str(tiny_model_dir), "--port",
-         str(port), "--max-body-mb", str(BODY_CAP / 2**20), "--device", "cpu"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_until(lambda: proc.poll() is None and httpx.get(
-            f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200, 90)
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_process(proc)
-        log.close()
+    with http_service(tiny_model_dir, tmp_path_factory.mktemp("v2") / "serve.log",
+                      "--max-body-mb", str(BODY_CAP / 2**20)) as host:
+        yield host
 
 
 @pytest.fixture
