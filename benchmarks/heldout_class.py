@@ -74,7 +74,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) one model without `job['digit']` and score the held-out split."""
     import torch
 
-    from ebgen.anomaly import heldout_class_report
+    from ebgen.metrics.anomaly import heldout_class_report
     from ebgen.checkpoint import load_checkpoint
     from ebgen.data import load_data
     from ebgen.devices import resolve_device

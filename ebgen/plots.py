@@ -95,7 +95,7 @@ def save_points_plot(samples: np.ndarray, path: str | os.PathLike,
     The log-density is shown over a 15-nat range below its peak (bright = likely); optional
     `data` are drawn as faint grey dots. The box defaults to one around samples and data.
     """
-    from .metrics2d import default_box, energy_grid
+    from .metrics.points import default_box, energy_grid
 
     samples = _to_numpy(samples).reshape(-1, 2)
     pool = samples if data is None else np.concatenate([samples, _to_numpy(data).reshape(-1, 2)])

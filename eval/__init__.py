@@ -1,9 +1,9 @@
 """ebgen.eval: what `ebgen eval` reports about a checkpoint, a model directory or a bundled model.
 
 `evaluate(model)` returns a JSON-ready report; `format_report` prints it as aligned lines.
-Points models are judged by distributions first (`ebgen.distribution_metrics`,
-`ebgen.metrics2d`), image models by energies, the bundled classifier's metrics and anomaly
-AUROCs (`ebgen.image_metrics`, `ebgen.anomaly`); the metrics themselves live in the core, the
+Points models are judged by distributions first (`ebgen.metrics.distribution`,
+`ebgen.metrics.points`), image models by energies, the bundled classifier's metrics and anomaly
+AUROCs (`ebgen.metrics.images`, `ebgen.metrics.anomaly`); the metrics themselves live in the core, the
 stage only gathers a model's samples and energies and writes the report and plots.
 
     >>> from ebgen.eval import evaluate, format_report   # doctest: +SKIP

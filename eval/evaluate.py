@@ -3,11 +3,11 @@
 Points models: distribution metrics (MMD² over the data-vs-data floor, precision/recall) for
 the generator's samples and for exact samples of exp(−E), each mode's share and VEEGAN mode
 coverage (built-in sets), and the KL(p_data ‖ p_E) of the energy normalised on a grid
-(`ebgen.metrics2d`). Image models: the mean energy of held-out
+(`ebgen.metrics.points`). Image models: the mean energy of held-out
 data, of generator samples and of uniform noise (a working energy orders them data < samples
 < noise, since lower energy means more probable); for 28×28 grey digits, the bundled
-classifier's metrics (`ebgen.image_metrics`); with `anomaly`, energy AUROCs against corrupted
-digits beside a PCA baseline (`ebgen.anomaly`); with `plots_dir`, pictures (`ebgen.plots`).
+classifier's metrics (`ebgen.metrics.images`); with `anomaly`, energy AUROCs against corrupted
+digits beside a PCA baseline (`ebgen.metrics.anomaly`); with `plots_dir`, pictures (`ebgen.plots`).
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
                               "objective": config.train.objective, "dataset": label}
     plots = Path(plots_dir) if plots_dir is not None else None
     if config.model.kind == "points":
-        from ebgen.metrics2d import evaluate_points
+        from ebgen.metrics.points import evaluate_points
 
         data = heldout.values.cpu().numpy()
         report.update(evaluate_points(model.sample, model.energy,

@@ -2,8 +2,8 @@
 
 Energies of held-out data, generator samples and uniform noise come first (a working energy
 orders them data < samples < noise). Models of 28×28 grey digits also get the bundled MNIST
-classifier's metrics (`ebgen.image_metrics`); `anomaly` adds the energy's AUROC against
-corrupted digits beside a PCA baseline (`ebgen.anomaly`); `plots` writes a sample grid, a
+classifier's metrics (`ebgen.metrics.images`); `anomaly` adds the energy's AUROC against
+corrupted digits beside a PCA baseline (`ebgen.metrics.anomaly`); `plots` writes a sample grid, a
 grid of real digits and a histogram of energies.
 """
 from __future__ import annotations
@@ -37,12 +37,12 @@ def evaluate_images(sample: Callable[[int], np.ndarray],
         report[f"energy_{name}_mean"] = float(e.mean())
         report[f"energy_{name}_std"] = float(e.std())
     if tuple(model.sample_shape) == CLASSIFIER_SHAPE:
-        from ebgen.image_metrics import classifier_info, image_metrics
+        from ebgen.metrics.images import classifier_info, image_metrics
 
         report.update(image_metrics(samples, data))
         report["classifier_accuracy"] = classifier_info().get("heldout_accuracy")
     if anomaly:
-        from ebgen.anomaly import anomaly_report
+        from ebgen.metrics.anomaly import anomaly_report
 
         report["anomaly"] = anomaly_report(energy, _pick(train, MAX_PCA_TRAIN, rng), data,
                                            seed=seed)

@@ -1,12 +1,12 @@
 """Train the small MNIST classifier bundled with ebgen, export it to ONNX, write its sidecar.
 
-The classifier backs `ebgen.image_metrics` (class coverage, confidence and a Fréchet distance of
+The classifier backs `ebgen.metrics.images` (class coverage, confidence and a Fréchet distance of
 generated digits). It is trained on the training split ebgen itself uses (`ebgen.data.load_data`
 with seed 0), with light augmentation done in torch (random rotations, scalings and shifts of a
 few pixels through `affine_grid`/`grid_sample`), and scored on the held-out split. The export
 has input `x` f32 [batch, 1, 28, 28] in [-1, 1] and outputs `logits` f32 [batch, 10] and
 `features` f32 [batch, F] (penultimate-layer activations); the names come from
-`ebgen.image_metrics`. onnxruntime must agree with PyTorch on both outputs at a batch size other
+`ebgen.metrics.images`. onnxruntime must agree with PyTorch on both outputs at a batch size other
 than the export batch, or the script fails.
 
     python scripts/train_classifier.py --data /work/shared/data/mnist \
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ebgen.config import DataConfig, ModelConfig
 from ebgen.data import Dataset, load_data
 from ebgen.errors import EbgenError
-from ebgen.image_metrics import (CLASSIFIER_FEATURES, CLASSIFIER_INPUT, CLASSIFIER_LOGITS,
+from ebgen.metrics.images import (CLASSIFIER_FEATURES, CLASSIFIER_INPUT, CLASSIFIER_LOGITS,
                                  IMAGE_SHAPE, NUM_CLASSES)
 from ebgen.names import BATCH_AXIS
 

@@ -1,4 +1,4 @@
-"""Tests of `ebgen.anomaly` (metrics, corruptions, PCA baseline, reports) and a smoke run of
+"""Tests of `ebgen.metrics.anomaly` (metrics, corruptions, PCA baseline, reports) and a smoke run of
 `benchmarks/heldout_class.py`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ebgen.anomaly import (CORRUPTIONS, PCABaseline, anomaly_report, auprc, auroc,
+from ebgen.metrics.anomaly import (CORRUPTIONS, PCABaseline, anomaly_report, auprc, auroc,
                            gaussian_blur, heldout_class_report, inverted, shifted)
 from ebgen.errors import EbgenError
 from ebgen.images import load_mnist

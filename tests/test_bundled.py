@@ -18,8 +18,8 @@ import ebgen
 from ebgen.bundled import DEFAULT_MODEL, bundled_model_path, bundled_names, model_card
 from ebgen.cli.main import cli
 from ebgen.errors import EbgenError
-from ebgen.image_metrics import image_metrics
-from ebgen.metrics2d import mode_metrics
+from ebgen.metrics.images import image_metrics
+from ebgen.metrics.points import mode_metrics
 from ebgen.toy2d import get_toy_set
 
 from conftest import MNIST

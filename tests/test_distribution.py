@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ebgen import distribution_metrics as dm
+from ebgen.metrics import distribution as dm
 from ebgen.config import preset_config
 from ebgen.losses import kde_proposal, likelihood_loss
-from ebgen.metrics2d import sample_energy_grid
+from ebgen.metrics.points import sample_energy_grid
 from ebgen.toy2d import get_toy_set
 
 RING = get_toy_set("8gaussians")

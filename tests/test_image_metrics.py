@@ -1,4 +1,4 @@
-"""The bundled MNIST classifier and the image-quality metrics built on it (`ebgen.image_metrics`).
+"""The bundled MNIST classifier and the image-quality metrics built on it (`ebgen.metrics.images`).
 
 Uses the 512 real test digits in tests/data/mnist. These overlap the classifier's training
 split (it trains on 9,000 of the 10,000 MNIST test digits), so the accuracy bar here checks that
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ebgen.errors import EbgenError
-from ebgen.image_metrics import (NUM_CLASSES, classifier_info, classify, frechet_distance,
+from ebgen.metrics.images import (NUM_CLASSES, classifier_info, classify, frechet_distance,
                                  image_metrics, load_classifier)
 from ebgen.images import load_mnist
 from ebgen.pixels import uint8_to_unit

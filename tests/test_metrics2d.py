@@ -7,7 +7,7 @@ import numpy as np
 
 import pytest
 
-from ebgen.metrics2d import (default_box, energy_grid, evaluate_points, grid_kl,
+from ebgen.metrics.points import (default_box, energy_grid, evaluate_points, grid_kl,
                              kde_log_density, mode_metrics, mode_shares)
 from ebgen.toy2d import TOY_SETS, get_toy_set
 

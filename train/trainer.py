@@ -268,7 +268,7 @@ class Trainer:
         if self.config.model.kind == "image":
             plots.save_image_grid(x, path)
         else:
-            from ebgen.metrics2d import default_box
+            from ebgen.metrics.points import default_box
 
             data = self.train_data.values[:2000].cpu().numpy()
             plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),

@@ -2,7 +2,7 @@
 
 * `evaluate_points` — the report of `ebgen eval` for a points model: for the generator's samples
   and for exact samples of exp(−E) (drawn on a grid, 2-D), the MMD² ratio to the data-vs-data
-  floor and precision/recall beside fresh data's (`ebgen.distribution_metrics`); for built-in
+  floor and precision/recall beside fresh data's (`ebgen.metrics.distribution`); for built-in
   sets also each mode's share against its weight and the VEEGAN mode metrics; the grid KL.
 * `mode_metrics` — the VEEGAN protocol (Srivastava et al. 2017): how many of a mixture's modes
   the samples reach, and which share of samples lies within 3σ (Mahalanobis) of its mode.
@@ -24,9 +24,9 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import EbgenError
-from . import distribution_metrics as dm
-from .toy2d import TOY_SETS, ToySet
+from ..errors import EbgenError
+from ..toy2d import TOY_SETS, ToySet
+from . import distribution as dm
 
 Box = tuple[float, float, float, float]
 EnergyFn = Callable[[np.ndarray], np.ndarray]

@@ -134,7 +134,7 @@ def image_metrics(samples: np.ndarray, real: np.ndarray) -> dict[str, Any]:
     - `confident_share`: share of samples whose top class probability is ≥ 0.9;
     - `frechet_distance`: between samples and real digits in the classifier's feature space;
     - `num_samples`, `num_real`, and `class_histogram` (10 shares of the argmax labels);
-    - `generator`: the distribution metrics of `ebgen.distribution_metrics` in the classifier's
+    - `generator`: the distribution metrics of `ebgen.metrics.distribution` in the classifier's
       feature space — MMD² over the data-vs-data floor (median-heuristic bandwidth) and
       precision/recall beside those of the real digits' two halves (the ceiling).
 
@@ -165,7 +165,7 @@ def image_metrics(samples: np.ndarray, real: np.ndarray) -> dict[str, Any]:
 def feature_distribution(sample_features: np.ndarray, real_features: np.ndarray
                          ) -> dict[str, Any]:
     """MMD² ratio and precision/recall of samples against real digits, in feature space."""
-    from . import distribution_metrics as dm
+    from . import distribution as dm
 
     if len(real_features) < 8 or len(sample_features) < 10:
         return {}

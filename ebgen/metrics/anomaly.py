@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import EbgenError
-from .pixels import PIXEL_RANGE
+from ..errors import EbgenError
+from ..pixels import PIXEL_RANGE
 
 #: Maps a float32 batch (N, C, H, W) to (N,) anomaly scores, higher = more anomalous.
 ScoreFunction = Callable[[np.ndarray], np.ndarray]
