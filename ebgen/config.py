@@ -58,10 +58,10 @@ class ModelConfig:
     depth: int = opt(3, "Points: MLP hidden layers of both nets.")
     noise_std: float = opt(0.01, "Noise on the generator's hidden pre-activations (training).")
     energy_activation: str = opt("leaky_relu", "The energy's hidden activation: leaky_relu "
-                                               "(piecewise linear, so each well is a cone: "
-                                               "Laplace-like tails) or silu (smooth: wells "
-                                               "can be quadratic at the bottom).",
-                                 ENERGY_ACTIVATIONS)
+                                               "(piecewise linear: each well is a cone, with "
+                                               "Laplace-like tails) or silu (smooth wells; "
+                                               "measured unstable on the ring and grid, see "
+                                               "the README's ablation).", ENERGY_ACTIVATIONS)
     num_components: int = opt(0, "Points: split the latent into K equal-weight components "
                                  "(picked by z's first coordinate, each with its own first-layer "
                                  "offset) so samples can form separate modes with no bridge "
