@@ -60,6 +60,6 @@ WORKDIR /srv/torchserve
 # metrics; TorchServe's management (8081) and gRPC (8083, 8084) stay on 127.0.0.1 inside.
 EXPOSE 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import sys; from ebgen.serve.torchserve import healthcheck; sys.exit(healthcheck('/srv/torchserve', 8080))"]
+    CMD ["python", "-c", "import sys; from ebgen.serve.health import healthcheck; sys.exit(healthcheck('/srv/torchserve', 8080))"]
 
 CMD ["ebgen", "serve", "--host", "0.0.0.0", "--port", "8080"]

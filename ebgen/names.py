@@ -32,6 +32,11 @@ GENERATOR_ONNX = "generator.onnx"
 GENERATOR_UINT8_ONNX = "generator_uint8.onnx"
 ENERGY_ONNX = "energy.onnx"
 
+# TorchServe archives (ebgen export): one per kind, also its TorchServe model name, each with
+# the ebgen.serve handler module of that name.
+ARCHIVE_KINDS = ("generate", "score")
+HANDLER_MODULES = {kind: f"ts_{kind}.py" for kind in ARCHIVE_KINDS}
+
 # Bundled pretrained models (ebgen/pretrained/<name>/): a model directory plus these two.
 RECIPE_FILE = "recipe.json"       # how it was trained: command, config, seconds
 QUALITY_FILE = "quality.json"     # what it measured: `ebgen eval` metrics

@@ -20,10 +20,8 @@ from pathlib import Path
 from ebgen import __version__
 from ebgen.errors import EbgenError
 from ebgen.model_format import model_file, read_model_info
-from ebgen.names import MODEL_FILE
+from ebgen.names import ARCHIVE_KINDS, HANDLER_MODULES, MODEL_FILE
 
-#: The two archives, by kind (also their TorchServe model names).
-ARCHIVE_KINDS = ("generate", "score")
 MANIFEST = "MAR-INF/MANIFEST.json"
 
 
@@ -36,7 +34,7 @@ def _serve_dir() -> Path:
 
 
 #: The default TorchServe handler module of each archive kind, provided by `ebgen.serve`.
-HANDLER_FILES = {kind: _serve_dir() / f"ts_{kind}.py" for kind in ARCHIVE_KINDS}
+HANDLER_FILES = {kind: _serve_dir() / HANDLER_MODULES[kind] for kind in ARCHIVE_KINDS}
 
 _lock = threading.Lock()
 

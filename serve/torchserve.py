@@ -32,13 +32,14 @@ from typing import Any
 
 from ebgen.errors import EbgenError
 from ebgen.model_format import read_model_info
+from ebgen.names import ARCHIVE_KINDS, HANDLER_MODULES
 
 from . import lifeline
+from .health import KEY_FILE, local_request, read_token
 from .validation import LIMITS_ENV, Limits
 
 log = logging.getLogger(__name__)
-ARCHIVES = ("generate", "score")
-KEY_FILE = "key_file.json"
+ARCHIVES = ARCHIVE_KINDS
 HANDLER_DIR = Path(__file__).resolve().parent
 
 
@@ -78,7 +79,7 @@ def prepare_store(model_dir: Path, workdir: Path) -> Path:
 
     store = workdir / "model-store"
     for kind in ARCHIVES:
-        build_archive(model_dir, kind, HANDLER_DIR / f"ts_{kind}.py", store)
+        build_archive(model_dir, kind, HANDLER_DIR / HANDLER_MODULES[kind], store)
     return store
 
 
@@ -199,7 +200,7 @@ class TorchServe:
             return False
         base = f"http://127.0.0.1:{self.cfg.management_port}/token"
         headers = {"Authorization": f"Bearer {api_key}"}
-        return all(_http("GET", f"{base}?type={kind}", headers)[0] == 200
+        return all(local_request("GET", f"{base}?type={kind}", headers)[0] == 200
                    for kind in ("inference", "management"))
 
     def _renew_loop(self) -> None:
@@ -223,11 +224,11 @@ class TorchServe:
                 raise EbgenError(f"TorchServe exited with code {self.process.returncode}; see "
                                  f"{self.workdir / 'torchserve.out'} and "
                                  f"{self.workdir / 'logs'}")
-            ping, body = _http("GET", self.url(api="ping"), self.auth_headers())
+            ping, body = local_request("GET", self.url(api="ping"), self.auth_headers())
             if ping == 200 and b"Healthy" in body:
-                gen, _ = _http("POST", self.url("generate"), self.auth_headers(),
+                gen, _ = local_request("POST", self.url("generate"), self.auth_headers(),
                                b'{"num_samples": 1, "seed": 0}')
-                score, _ = _http("POST", self.url("score"), self.auth_headers(),
+                score, _ = local_request("POST", self.url("score"), self.auth_headers(),
                                  b'{"instances": [[[0.0]]]}')
                 if gen == 200 and score in (200, 422):
                     return
@@ -280,33 +281,6 @@ class TorchServe:
         self.stop()
 
 
-def _http(method: str, url: str, headers: dict[str, str], body: bytes | None = None
-          ) -> tuple[int, bytes]:
-    """(status, body) of one local request; (0, b"") when nothing answers."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=body, method=method,
-                                     headers={"Content-Type": "application/json", **headers})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310 - 127.0.0.1 only
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-    except (OSError, ValueError):
-        return 0, b""
-
-
-def read_token(workdir: str | Path, kind: str = "inference") -> str | None:
-    """The `kind` key ("inference", "management", "API") from `workdir`/key_file.json."""
-    path = Path(workdir) / KEY_FILE
-    try:
-        keys = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return (keys.get(kind) or {}).get("key")
-
-
 def serve_torchserve(cfg: TorchServeConfig, echo: Any = print) -> int:
     """Start, wait until ready, print the endpoints, run until Ctrl-C or exit; returns a code."""
     ts = TorchServe(cfg)
@@ -338,18 +312,3 @@ def serve_torchserve(cfg: TorchServeConfig, echo: Any = print) -> int:
         return 0
     finally:
         ts.stop()
-
-
-def healthcheck(workdir: str | Path = ".", port: int = 8080, host: str = "127.0.0.1") -> int:
-    """0 when the server on `port` answers healthy, else 1 (Docker HEALTHCHECK).
-
-    TorchServe: GET /ping with the inference key from `workdir`/key_file.json when one is
-    there (token auth); the HTTP service: GET /v2/health/ready.
-    """
-    token = read_token(workdir)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    for path, ok in (("/ping", b'"Healthy"'), ("/v2/health/ready", b'"ready":true')):
-        status, body = _http("GET", f"http://{host}:{port}{path}", headers)
-        if status == 200 and ok in body.replace(b" ", b""):
-            return 0
-    return 1

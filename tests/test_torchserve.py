@@ -65,7 +65,7 @@ def test_safe_config_and_token_auth(ts, client):
     mgmt = f"http://127.0.0.1:{ts.cfg.management_port}/models?url=generate.mar&model_name=x"
     refused = httpx.post(mgmt, headers={"Authorization": f"Bearer {ts.token('management')}"})
     assert 400 <= refused.status_code < 500          # model API off: no registering
-    from ebgen.serve.torchserve import healthcheck
+    from ebgen.serve.health import healthcheck
 
     assert healthcheck(ts.workdir, ts.cfg.port) == 0
     assert healthcheck(ts.workdir / "elsewhere", ts.cfg.port) == 1   # no token: refused
@@ -77,7 +77,8 @@ def test_keys_are_renewed_before_they_expire(tiny_model_dir, tmp_path):
     the launcher renews them, so the Docker HEALTHCHECK never goes unhealthy after 24 h."""
     import time
 
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig, healthcheck, read_token
+    from ebgen.serve.health import healthcheck, read_token
+    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
 
     port = free_port(5)
     port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
