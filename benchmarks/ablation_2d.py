@@ -63,7 +63,7 @@ def run_one(job: tuple[str, dict[str, Any], str, int, int | None]) -> dict[str, 
     """Train and evaluate one (variant, data set, seed); returns the figures."""
     import torch
 
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
     from ebgen.eval import evaluate
     from ebgen.train import train
 

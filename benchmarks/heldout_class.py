@@ -39,7 +39,7 @@ def train_or_reuse(job: dict[str, Any], directory: Path) -> float:
     """Train the job's model into `directory`, resuming a partial run there and reusing a
     finished one; returns its training seconds (this call's, plus any recorded before)."""
     from ebgen.checkpoint import read_meta
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
     from ebgen.errors import CheckpointError
     from ebgen.train import resume_config, train
 

@@ -197,7 +197,7 @@ def main() -> None:
 
             model_dir = str(resolve_model_path(model_dir))
         else:
-            from ebgen.config import preset_config
+            from ebgen.presets import preset_config
             from ebgen.export import export_model
             from ebgen.train import train
 

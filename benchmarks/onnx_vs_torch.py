@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     import torch
 
     from ebgen.checkpoint import load_checkpoint, save_checkpoint
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
     from ebgen.export import HANDLER_FILES, export_model
     from ebgen.latents import sample_latents
     from ebgen.models import build_models

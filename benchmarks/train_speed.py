@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from ebgen.config import preset_config
+from ebgen.presets import preset_config
 from ebgen.train import Trainer
 
 

@@ -5,7 +5,7 @@ import os
 
 import click
 
-from ebgen.config import PRESETS as _PRESETS
+from ebgen.presets import PRESETS as _PRESETS
 
 from .options import config_options, config_overrides, device_option, seed_option
 
@@ -42,7 +42,8 @@ def train_command(preset, config_file, resume, out, quiet, **fields) -> None:
       ebgen train --config runs/ring/config.json --seed 1 --out runs/ring-s1
       torchrun --nproc_per_node 2 $(which ebgen) train --preset tiny --out runs/ddp
     """
-    from ebgen.config import load_config, preset_config, with_overrides
+    from ebgen.config import load_config, with_overrides
+    from ebgen.presets import preset_config
     from ebgen.train import resume_config, train
 
     fields = config_overrides(fields)

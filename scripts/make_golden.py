@@ -61,7 +61,7 @@ def expected(directory: Path) -> dict:
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
     from ebgen.train import train
 
     for name, (preset, overrides) in MODELS.items():

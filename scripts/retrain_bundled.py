@@ -54,7 +54,7 @@ def train_and_measure(name: str, runs: Path, data: str | None, objective: str | 
     """Train `name` (optionally with another objective) into runs/; (checkpoint, config, s)."""
     import torch
 
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
     from ebgen.train import train
 
     if threads:

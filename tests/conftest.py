@@ -24,7 +24,7 @@ MNIST = Path(__file__).parent / "data" / "mnist"
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A `tiny`-preset checkpoint trained by `ebgen.train.train` (a few dozen steps)."""
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
     from ebgen.train import train
 
     path = tmp_path_factory.mktemp("tiny-ckpt") / "tiny"

@@ -11,7 +11,7 @@ import torch
 
 from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
                               save_checkpoint)
-from ebgen.config import preset_config
+from ebgen.presets import preset_config
 from ebgen.models import build_models
 
 EBGEN = [sys.executable, "-m", "ebgen.cli.main"]

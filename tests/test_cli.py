@@ -162,7 +162,7 @@ def test_train_from_a_saved_config_with_checked_overrides(tmp_path):
 
 def test_none_sets_an_optional_field_to_none():
     from ebgen.cli.options import config_overrides
-    from ebgen.config import preset_config
+    from ebgen.presets import preset_config
 
     fields = config_overrides({"calibrate_entropy": "none", "exclude_classes": ()})
     config = preset_config("toy2d", **fields)

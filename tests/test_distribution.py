@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ebgen.metrics import distribution as dm
-from ebgen.config import preset_config
+from ebgen.presets import preset_config
 from ebgen.losses import kde_proposal, likelihood_loss
 from ebgen.metrics.points import sample_energy_grid
 from ebgen.toy2d import get_toy_set

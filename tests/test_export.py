@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from ebgen.checkpoint import load_checkpoint, save_checkpoint
 from ebgen.cli.main import cli
-from ebgen.config import preset_config
+from ebgen.presets import preset_config
 from ebgen.errors import EbgenError
 from ebgen.export import (HANDLER_FILES, build_archive, check_archive, check_parity,
                           export_model)

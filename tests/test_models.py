@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ebgen.config import IMAGE_SIZES, ModelConfig, preset_config
+from ebgen.config import IMAGE_SIZES, ModelConfig
+from ebgen.presets import preset_config
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gaussian_entropy, generator_loss)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ebgen.config import ModelConfig, preset_config
+from ebgen.config import ModelConfig
+from ebgen.presets import preset_config
 from ebgen.errors import EbgenError
 from ebgen.losses import (calibration_loss, gradient_penalty, importance_weights, input_gradients,
                           knn_entropy, knn_log_density, score_matching)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ebgen.checkpoint import load_checkpoint, save_checkpoint
-from ebgen.config import preset_config
+from ebgen.presets import preset_config
 from ebgen.errors import EbgenError
 from ebgen.latents import sample_latents
 from ebgen.models import build_models

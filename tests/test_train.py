@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from conftest import free_port
 from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
                               save_checkpoint)
-from ebgen.config import preset_config
+from ebgen.presets import preset_config
 from ebgen.errors import CheckpointError, EbgenError
 from ebgen.train import Trainer, resume_config, train
 

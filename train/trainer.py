@@ -314,7 +314,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     """Train per `config` into `out_dir` (continuing its checkpoint if `resume`).
 
     Example:
-        >>> from ebgen.config import preset_config
+        >>> from ebgen.presets import preset_config
         >>> train(preset_config("tiny", steps=10), "runs/tiny")  # doctest: +SKIP
     """
     return Trainer(config, out_dir, resume=resume, progress=progress).fit()

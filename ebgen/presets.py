@@ -1,0 +1,103 @@
+"""Presets and recipes: named starting configs, and `preset_config` to build one.
+
+Presets: `tiny` (tests, seconds on CPU), `toy2d` (2-D sets), `mnist`, `cifar10`, `celeba64`.
+A recipe is a set of training fields on top of a preset: `default` (ebgen's measured recipe)
+or `paper` (Kim & Bengio as published). Overrides come last and are checked like any config.
+
+    >>> preset_config("toy2d", steps=100).train.steps
+    100
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import (GENERATED_NAMES, Config, DataConfig, ModelConfig, TrainConfig,
+                     place_overrides)
+from .errors import EbgenError
+
+
+def _preset(model: dict, data: dict, train: dict) -> dict[str, dict]:
+    return {"model": model, "data": data, "train": train}
+
+
+PRESETS: dict[str, dict[str, dict]] = {
+    # Seconds on a CPU: 8×8 grey synthetic shapes, small nets.
+    "tiny": _preset(
+        dict(kind="image", image_size=8, channels=1, z_dim=16, num_experts=32,
+             energy_width=8, generator_width=8),
+        dict(dataset="shapes", num_points=2048),
+        dict(steps=40, batch_size=32, lr_energy=1e-3, lr_generator=1e-3, beta2=0.999,
+             sample_every=20, checkpoint_every=20, log_every=10, num_eval_samples=16)),
+    "toy2d": _preset(
+        dict(kind="points", z_dim=16, num_experts=128, energy_width=128, generator_width=128,
+             depth=3, num_components=256),
+        dict(dataset="8gaussians"),
+        # Measured in benchmarks/ablation_2d.py (README): the mutual-information entropy, a
+        # small R1 penalty and a linear learning-rate decay give full mode coverage; halfway,
+        # score matching, calibration and importance-sampled likelihood take over from R1 and
+        # set each well's width and depth and remove the energy's mass off the data, while the
+        # nearest-neighbour entropy takes over from MI and gives the samples their true spread.
+        # 256 latent components let the samples form separate modes with no bridges between.
+        dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
+             gradient_penalty=0.01, score_matching=10.0, score_matching_share=0.5,
+             calibration=1.0, likelihood=3.0, calibrate_from=0.5, calibrate_entropy="knn",
+             lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
+    # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
+    # models"): small nets (a few MB of ONNX), the data base (shifted digits score as
+    # anomalies), MI entropy, a small R1 penalty and lr decay.
+    "mnist": _preset(
+        dict(kind="image", image_size=28, channels=1, z_dim=100, num_experts=128,
+             energy_width=32, generator_width=32, base="data"),
+        dict(dataset="mnist"),
+        dict(steps=28000, batch_size=64, lr_energy=5e-4, lr_generator=5e-4, beta2=0.999,
+             entropy="mi", gradient_penalty=0.1, lr_decay=True, sample_every=2000,
+             checkpoint_every=2000)),
+    "cifar10": _preset(
+        dict(kind="image", image_size=32, channels=3, z_dim=100, num_experts=1024,
+             energy_width=64, generator_width=64),
+        dict(dataset="cifar10"),
+        dict(steps=50000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
+             sample_every=1000, checkpoint_every=2000)),
+    "celeba64": _preset(
+        dict(kind="image", image_size=64, channels=3, z_dim=100, num_experts=1024,
+             energy_width=64, generator_width=64),
+        dict(dataset="images"),
+        dict(steps=50000, batch_size=64, lr_energy=2e-4, lr_generator=2e-4, beta2=0.999,
+             sample_every=1000, checkpoint_every=2000)),
+}
+
+
+#: Kim & Bengio's Adagrad settings, taken by `--optimizer adagrad` unless rates are given.
+AUTHORS_ADAGRAD = dict(lr_energy=1e-3, lr_generator=2e-3, weight_decay=1e-5)
+
+#: Training recipes: field values applied on top of a preset (before explicit overrides).
+#: "paper" is Kim & Bengio as published: batch-norm entropy, no regularisers or calibration
+#: terms, constant rates.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": dict(entropy="bn", gradient_penalty=0.0, energy_magnitude=0.0, score_matching=0.0,
+                  calibration=0.0, likelihood=0.0, calibrate_from=0.0, calibrate_entropy=None,
+                  lr_decay=False, entropy_weight=1.0),
+}
+
+
+def preset_config(name: str, recipe: str | None = None, **overrides: Any) -> Config:
+    """The config of preset `name` and `recipe`, with field overrides (None values ignored).
+
+    Override keys are field names of any section (`z_dim`, `steps`, `path`, ...).
+    """
+    if name not in PRESETS:
+        raise EbgenError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    recipe = recipe or "default"
+    if recipe not in RECIPES:
+        raise EbgenError(f"unknown recipe {recipe!r}; known recipes: {', '.join(RECIPES)}")
+    sections = {k: dict(v) for k, v in PRESETS[name].items()}
+    sections["train"].update(RECIPES[recipe], recipe=recipe)
+    if overrides.get("optimizer") == "adagrad":  # the authors' rates, unless given
+        sections["train"].update(AUTHORS_ADAGRAD)
+    if overrides.get("path") is not None and overrides.get("dataset") is None \
+            and sections["data"].get("dataset") in GENERATED_NAMES:
+        sections["data"]["dataset"] = None  # a file replaces the preset's generated set
+    place_overrides(sections, overrides)
+    return Config(model=ModelConfig(**sections["model"]), data=DataConfig(**sections["data"]),
+                  train=TrainConfig(**sections["train"]), preset=name)
