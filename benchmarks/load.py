@@ -193,7 +193,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ebgen-load-") as tmp:
         model_dir = args.model
         if model_dir is not None:  # a bundled name (mnist, ring, grid) or a directory
-            from ebgen.serve.runtime import resolve_model_path
+            from ebgen import resolve_model_path
 
             model_dir = str(resolve_model_path(model_dir))
         else:

@@ -59,7 +59,7 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
     import logging
     import sys
 
-    from ebgen.serve.runtime import resolve_model_path
+    from ebgen import resolve_model_path
     from ebgen.serve.validation import Limits
 
     if min(workers, max_batch_size, max_queue, max_samples, max_connections) < 1 \

@@ -46,7 +46,7 @@ class Backend:
     async def start(self) -> None:
         """Load the model (unless given) and start both batchers; then ready."""
         if self.model is None:
-            from .runtime import load_model
+            from ebgen import load_model
 
             self.model = load_model(self.model_path, self.device)
         m = self.model

@@ -78,7 +78,8 @@ class EbgenHandler(BaseHandler):
         """Load the unpacked archive (`model_dir`) into onnxruntime sessions."""
         import onnxruntime
 
-        from .runtime import CUDA_PROVIDER, load_model
+        from ebgen import load_model
+        from ebgen.runtime import CUDA_PROVIDER
 
         props = context.system_properties
         gpu = props.get("gpu_id")

@@ -17,7 +17,9 @@ from ebgen.latents import sample_latents
 from ebgen.models import build_models
 from ebgen.names import MODEL_FILE
 from ebgen.pixels import unit_to_uint8
-from ebgen.serve.runtime import CHUNK, cache_dir, load_model, resolve_model_path
+from ebgen import load_model, resolve_model_path
+from ebgen.export.cache import cache_dir
+from ebgen.runtime import CHUNK
 
 RTOL, ATOL = 1e-3, 1e-4
 

@@ -1,6 +1,6 @@
-"""The inference core: a model directory run by onnxruntime, with numpy in and out.
+"""The onnxruntime model: a model directory run by onnxruntime, with numpy in and out.
 
-`load_model(path)` gives an `InferenceModel` with `generate(n, seed)` (samples in [-1, 1]),
+`ebgen.load_model(path)` (the one public front door) gives an `InferenceModel` with `generate(n, seed)` (samples in [-1, 1]),
 `generate_uint8`, `energy(x)`, `percentile(energy)` and `score(x)`. This path never imports
 torch: latents come from `ebgen.latents.sample_latents` (numpy, on the CPU), pixels are
 converted by `ebgen.pixels`. The execution provider is chosen when the sessions are created:
@@ -14,22 +14,20 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ebgen.bundled import bundled_model_path, bundled_names
-from ebgen.errors import EbgenError
-from ebgen.sessions import ort_session
-from ebgen.latents import sample_latents
-from ebgen.model_format import model_file, read_model_info
-from ebgen.names import (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, MODEL_FILE,
-                         SCORE_OUTPUTS)
-from ebgen.pixels import uint8_to_unit, unit_to_uint8
+from .bundled import bundled_model_path, bundled_names
+from .errors import EbgenError
+from .latents import sample_latents
+from .model_format import model_file, read_model_info
+from .names import CONFIG_FILE, MODEL_FILE, SCORE_OUTPUTS
+from .pixels import uint8_to_unit, unit_to_uint8
+from .sessions import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +35,6 @@ log = logging.getLogger(__name__)
 CHUNK = 1024
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-#: Where checkpoints given to `resolve_model_path` are exported (override: $EBGEN_CACHE_DIR).
-CACHE_ENV = "EBGEN_CACHE_DIR"
 
 
 class InferenceModel:
@@ -197,45 +193,25 @@ def _providers(device: str) -> list:
     raise EbgenError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
 
 
-def cache_dir() -> Path:
-    """Where exported checkpoints are cached: $EBGEN_CACHE_DIR, else ~/.cache/ebgen/models."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ebgen" / "models"
-
-
-def _checkpoint_hash(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for name in (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS):
-        path = directory / name
-        digest.update(name.encode() + b"\0")
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
+def resolve_model_path(name_or_path: str | Path,
+                       export: Callable[[Path], Path] | None = None) -> Path:
     """The model directory for a model directory path, a checkpoint directory or a name.
 
     - a folder with model.json: returned as is (no torch);
-    - a folder with config.json (a training checkpoint): exported once, without archives, to
-      `cache_dir()/<hash of its config and weights>` and that folder returned (needs torch);
+    - a folder with config.json (a training checkpoint): `export(folder)`, which returns the
+      model directory made from it (`ebgen.resolve_model_path` passes the export stage's
+      cached export; without one, an `EbgenError` that says how to export it);
     - otherwise a bundled model name (`bundled_model_path`); else `EbgenError`.
     """
     path = Path(name_or_path).expanduser()
     if (path / MODEL_FILE).is_file():
         return path
     if (path / CONFIG_FILE).is_file():
-        target = cache_dir() / _checkpoint_hash(path)
-        if not (target / MODEL_FILE).is_file():
-            from ebgen.export import export_model  # needs torch: only on this path
-
-            log.info("exporting checkpoint %s to %s", path, target)
-            try:
-                export_model(path, target, force=True, archive=False, progress=False)
-            except EbgenError:
-                if not (target / MODEL_FILE).is_file():  # else a concurrent export won
-                    raise
-        return target
+        if export is None:
+            raise EbgenError(f"{path} is a training checkpoint: load it with ebgen.load_model "
+                             f"(exported once, needs torch) or export it with `ebgen export "
+                             f"{path} --out DIR`")
+        return export(path)
     if isinstance(name_or_path, str):  # a bare bundled name wins over a folder that is not
         bundled = bundled_model_path(name_or_path)  # a model ("./mnist" means the folder)
         if bundled is not None:
@@ -248,19 +224,3 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
                      f"{MODEL_FILE}, from `ebgen export`), a checkpoint directory (with "
                      f"{CONFIG_FILE}, from `ebgen train`) or a bundled model name "
                      f"({', '.join(bundled_names()) or 'none installed'}; see `ebgen models`)")
-
-
-def load_model(path: str | Path, device: str = "auto",
-               threads: int | None = None) -> InferenceModel:
-    """An `InferenceModel` for a model directory (or checkpoint directory, or bundled name).
-
-    `device`: auto (CUDA when onnxruntime really can, else CPU), cpu, or cuda[:N] (an
-    `EbgenError` if CUDA is not really available). `threads`: onnxruntime intra-op threads
-    per session (default: onnxruntime's choice, one per physical core).
-
-    Example:
-        >>> model = load_model("models/tiny")                # doctest: +SKIP
-        >>> model.generate(16, seed=0).shape
-        (16, 1, 8, 8)
-    """
-    return InferenceModel(resolve_model_path(path), device, threads)
