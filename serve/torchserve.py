@@ -204,10 +204,12 @@ class TorchServe:
                    for kind in ("inference", "management"))
 
     def _renew_loop(self) -> None:
-        """Renew the keys every half of their lifetime (every second until the first renewal
-        works), so a long-running server never answers 400 for an expired key."""
+        """Renew the keys every half of their lifetime (retrying every second while a renewal
+        fails), so a long-running server never answers 400 for an expired key. The first
+        renewal waits half a lifetime too: renewing at once would invalidate the key a client
+        has just read from key_file.json."""
         period = max(1.0, self.cfg.token_expiration_min * 60.0 / 2.0)
-        wait = 1.0
+        wait = period
         while not self._stop_renewing.wait(wait):
             renewed = self.renew_tokens()
             if not renewed:

@@ -118,6 +118,28 @@ def test_a_second_instance_runs_beside_the_first_on_its_own_ports(ts, tiny_model
             assert r.status_code == 200, r.text
 
 
+def test_keys_are_not_renewed_right_after_start(tiny_model_dir, tmp_path, monkeypatch):
+    """The key a client reads from key_file.json when the server is ready stays valid: the
+    first renewal waits half the keys' lifetime (renewing at once made a replayed Docker
+    start fail with 400 on a slow machine)."""
+    import threading
+    import time
+
+    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+
+    server = TorchServe(TorchServeConfig(str(tiny_model_dir), workdir=str(tmp_path),
+                                         token_expiration_min=0.1))  # renew every 3 s
+    calls: list[float] = []
+    monkeypatch.setattr(server, "renew_tokens", lambda: calls.append(time.monotonic()) or True)
+    start = time.monotonic()
+    loop = threading.Thread(target=server._renew_loop, daemon=True)
+    loop.start()
+    time.sleep(4.5)
+    server._stop_renewing.set()
+    loop.join(5)
+    assert len(calls) == 1 and calls[0] - start >= 2.9  # once, after half of 6 s
+
+
 def test_no_auth_config_and_command(tiny_model_dir, tmp_path):
     from ebgen.serve.torchserve import TorchServeConfig, command, prepare_store, write_config
 
