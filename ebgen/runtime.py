@@ -1,9 +1,9 @@
 """The onnxruntime model: a model directory run by onnxruntime, with numpy in and out.
 
-`ebgen.load_model(path)` (the one public front door) gives an `InferenceModel` with `generate(n, seed)` (samples in [-1, 1]),
-`generate_uint8`, `energy(x)`, `percentile(energy)` and `score(x)`. This path never imports
-torch: latents come from `ebgen.latents.sample_latents` (numpy, on the CPU), pixels are
-converted by `ebgen.pixels`. The execution provider is chosen when the sessions are created:
+`ebgen.load_model(path)` (the one public front door) gives an `InferenceModel` with
+`generate(n, seed)` (samples in [-1, 1]), `generate_uint8`, `energy(x)`, `percentile(energy)`
+and `score(x)`. This path never imports torch: latents come from `ebgen.latents.sample_latents`
+(numpy, on the CPU), pixels are converted by `ebgen.pixels`. The execution provider is chosen when the sessions are created:
 CUDA only where the created session really reports it (`session.get_providers()`), else CPU.
 
 Example:

@@ -21,8 +21,6 @@ from .batching import MicroBatcher
 from .validation import Limits, RequestError, check_body_size
 
 log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
-#: The two networks, by the names the routes and metrics use.
-MODELS = ("generator", "energy")
 
 
 class Backend:
@@ -35,9 +33,9 @@ class Backend:
         self.model = model
         self.ready = False
         runs = {"generator": service.run_generator_batch, "energy": service.run_energy_batch}
-        self.batchers: dict[str, MicroBatcher] = {}
-        for name in MODELS:
-            b = MicroBatcher(lambda items, run=runs[name]: run(self.model, items),
+        self.batchers: dict[str, MicroBatcher] = {}  # one per network, by the routes' names
+        for name, run in runs.items():
+            b = MicroBatcher(lambda items, run=run: run(self.model, items),
                              max_batch_size, max_delay_ms, max_queue, name=name, cost=len)
             if on_batch is not None:
                 b.on_batch = lambda n, seconds, name=name: on_batch(name, n)

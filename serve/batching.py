@@ -92,7 +92,8 @@ class MicroBatcher(Generic[T, R]):
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.name = name
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future]] | None = None
+        #: (item, its future, its cost in units), in arrival order
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future, int]] | None = None
         self._task: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ebgen-{name}")
         self.cost = cost or (lambda item: 1)
@@ -137,9 +138,10 @@ class MicroBatcher(Generic[T, R]):
                 pass
             self._task = None
         while self._queue is not None and not self._queue.empty():
-            _, fut = self._queue.get_nowait()
+            _, fut, _ = self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(Overloaded(1, "server is shutting down"))
+        self._queued_units = 0
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, item: T) -> R:
@@ -149,7 +151,7 @@ class MicroBatcher(Generic[T, R]):
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         units = self._units(item)
         try:
-            self._queue.put_nowait((item, fut))
+            self._queue.put_nowait((item, fut, units))
         except asyncio.QueueFull:
             retry = self.retry_after()
             raise Overloaded(retry, f"server busy: {self.max_queue} requests queued for "
@@ -173,12 +175,12 @@ class MicroBatcher(Generic[T, R]):
         except Exception:  # noqa: BLE001 - a cost that cannot be read counts as one unit
             return 1
 
-    def _taken(self, entry: tuple[T, asyncio.Future]) -> tuple[T, asyncio.Future]:
+    def _taken(self, entry: tuple[T, asyncio.Future, int]) -> tuple[T, asyncio.Future, int]:
         """Bookkeeping for an entry just taken off the queue."""
-        self._queued_units = max(0, self._queued_units - self._units(entry[0]))
+        self._queued_units = max(0, self._queued_units - entry[2])
         return entry
 
-    async def _collect(self) -> list[tuple[T, asyncio.Future]]:
+    async def _collect(self) -> list[tuple[T, asyncio.Future, int]]:
         """The next batch: the first waiting item plus whatever arrives before the deadline."""
         batch = [self._taken(await self._queue.get())]
         deadline = time.monotonic() + self.max_delay
@@ -200,10 +202,10 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            live = [(item, fut) for item, fut in batch if not fut.cancelled()]
+            live = [(item, fut) for item, fut, _ in batch if not fut.cancelled()]
             if not live:
                 continue
-            units = sum(self._units(item) for item, _ in live)
+            units = sum(cost for _, fut, cost in batch if not fut.cancelled())
             start = time.perf_counter()
             self._running = (start, self.timer.seconds(units, 1))
             try:

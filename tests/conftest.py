@@ -98,6 +98,14 @@ def wait_until(check, timeout: float = 60.0, every: float = 0.3):
     raise TimeoutError(f"not ready after {timeout} s (last error: {last!r})")
 
 
+@pytest.fixture(scope="session")
+def model(tiny_model_dir):
+    """The tiny model directory in onnxruntime (CPU), loaded once for every serving test."""
+    from ebgen import load_model
+
+    return load_model(tiny_model_dir, device="cpu")
+
+
 @contextlib.contextmanager
 def http_service(model_dir: Path, log_path: Path, *args: str) -> Iterator[str]:
     """`ebgen serve MODEL ARGS` (the HTTP service, CPU) on a free 127.0.0.1 port until ready;

@@ -4,22 +4,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from ebgen.cli.main import cli
 from ebgen.images import tile_images
-from ebgen import load_model
 from ebgen.serve import codecs
 
 
 def run(*args: str):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_model(tiny_model_dir, device="cpu")
 
 
 def test_generate_pngs_grid_and_npy_match_the_runtime(tiny_model_dir, model, tmp_path):

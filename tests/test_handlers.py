@@ -13,13 +13,6 @@ from ebgen.serve import codecs, service
 from ebgen.serve.validation import Limits, RequestError
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    from ebgen import load_model
-
-    return load_model(tiny_model_dir, device="cpu")
-
-
 class MockContext:
     """What TorchServe hands a handler: properties, manifest, per-request response fields."""
 

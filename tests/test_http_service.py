@@ -12,17 +12,11 @@ import pytest
 from conftest import bad_requests, free_port, http_service, wait_until
 from ebgen.images import tile_images
 from ebgen.pixels import unit_to_uint8
-from ebgen import load_model
 from ebgen.serve import codecs
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 BODY_CAP = 2**20
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_model(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,6 @@ from ebgen.serve import codecs, service
 from ebgen.serve.validation import GenerateParams, RequestError, check_samples
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    from ebgen import load_model
-
-    return load_model(tiny_model_dir, device="cpu")
-
-
 def test_service_generate_formats_match_the_runtime(model):
     x = model.generate(4, seed=7)
     npy = service.generate_response(model, GenerateParams(4, 7, "npy"))

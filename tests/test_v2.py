@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from conftest import http_service
-from ebgen import load_model
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -20,11 +19,6 @@ triton = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 BODY_CAP = 2**20
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    return load_model(tiny_model_dir, device="cpu")
 
 
 @pytest.fixture(scope="module")
