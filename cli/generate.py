@@ -36,6 +36,7 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
       ebgen generate models/tiny -n 1000 --format npy --out samples.npy
     """
     from ebgen import load_model
+    from ebgen.files import atomic_write_bytes
     from ebgen.serve import codecs
     from ebgen.serve.service import generate_response
     from ebgen.serve.validation import GenerateParams, Limits
@@ -59,7 +60,7 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
     reply = generate_response(m, params, Limits(max_samples=max(num_samples, 1)))
     if single_file:
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(reply.body)
+        atomic_write_bytes(target, reply.body)
         click.echo(f"{num_samples} samples (seed {seed}) in {target}")
         return
     target.mkdir(parents=True, exist_ok=True)
@@ -69,9 +70,9 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
         images = codecs.parse_json(reply.body)["images"]
         width = len(str(num_samples - 1))
         for i, image in enumerate(images):
-            (target / f"sample_{i:0{width}d}.png").write_bytes(base64.b64decode(image))
+            atomic_write_bytes(target / f"sample_{i:0{width}d}.png", base64.b64decode(image))
         click.echo(f"{num_samples} PNGs (seed {seed}) in {target}/")
         return
     name = "samples.npy" if fmt == "npy" else "grid.png"
-    (target / name).write_bytes(reply.body)
+    atomic_write_bytes(target / name, reply.body)
     click.echo(f"{num_samples} samples (seed {seed}) in {target / name}")

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import Config
 from .errors import CheckpointError, one_line
+from .files import atomic_write_text, fsync_directory, fsync_file
 from .model_format import read_format_json
 from .models import EnergyModel, Generator, build_models
 from .names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE
@@ -35,6 +36,7 @@ from .names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE
 FORMAT_NAME = "ebgen-checkpoint"
 FORMAT_VERSION = 1
 _COMMIT = ".commit"
+#: Staged files keep fixed names (`NAME.tmp`) so that the commit marker can list them.
 _TMP = ".tmp"
 #: How long a reader waits for a save in flight to finish before giving up.
 READ_TIMEOUT_S = 10.0
@@ -43,31 +45,7 @@ _STEP_KEY = "step"
 
 def _fsync_write(path: Path, write: Callable[[Path], None]) -> None:
     write(path)
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def fsync_directory(directory: str | Path) -> None:
-    """Make the renames in `directory` durable (a rename lives in the directory's entry)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and a rename (made durable)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + _TMP)
-    _fsync_write(tmp, lambda p: p.write_text(text))
-    os.replace(tmp, path)
-    fsync_directory(path.parent)
+    fsync_file(path)
 
 
 def recover(directory: str | Path) -> None:
@@ -164,7 +142,7 @@ def save_checkpoint(directory: str | Path, config: Config, energy: torch.nn.Modu
         writers[TRAINER_STATE] = lambda p: torch.save({**trainer_state, "step": step}, p)
     for name, write in writers.items():
         _fsync_write(directory / (name + _TMP), write)
-    atomic_write_text(directory / _COMMIT, json.dumps(list(writers)))
+    atomic_write_text(directory / _COMMIT, json.dumps(list(writers)), durable=True)
     recover(directory)
 
 

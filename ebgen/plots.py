@@ -1,18 +1,18 @@
 """Figures written during training and evaluation: image grids, 2-D sample plots, histograms.
 
-Every file is written atomically (a temporary file in the same folder, then `os.replace`), so a
-reader never sees a half-written PNG. matplotlib (Agg backend) and pillow are imported inside
+Every file is written atomically (`ebgen.files.atomic_write`), so a reader never sees a
+half-written PNG. matplotlib (Agg backend) and pillow are imported inside
 the functions, so importing this module is cheap. Pixels go through `pixels.unit_to_uint8`.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .files import atomic_write
 from .pixels import unit_to_uint8
 
 
@@ -23,29 +23,6 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; plots are not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -73,13 +50,13 @@ def save_image_grid(x: np.ndarray, path: str | os.PathLike, nrow: int | None = N
     from PIL import Image
 
     img = Image.fromarray(image_grid(x, nrow))
-    return _atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def _save_figure(fig: Any, path: str | os.PathLike) -> Path:
     plt = _pyplot()
     try:
-        return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100,
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100,
                                                            bbox_inches="tight"))
     finally:
         plt.close(fig)

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 from ebgen import __version__
 from ebgen.config import Config, ModelConfig
 from ebgen.errors import EbgenError
+from ebgen.files import atomic_directory
 from ebgen.latents import sample_latents
 from ebgen.model_format import MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANTILE_LEVELS
 from ebgen.names import (BATCH_AXIS, ENERGY_INPUT, ENERGY_ONNX, ENERGY_OUTPUT, GENERATOR_INPUT,
@@ -72,38 +72,40 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
     if opset < 18:
         raise EbgenError(f"opset {opset} is too old for torch's ONNX exporter: expected >= 18")
     checkpoint, out = Path(checkpoint), Path(out)
-    handlers = {kind: Path(handler) if handler is not None else HANDLER_FILES[kind]
-                for kind in ARCHIVE_KINDS}
     _check_out(out, force, checkpoint)
     say = _Progress(progress)
+    handlers = _archive_handlers(archive, handler, say)
     config, energy, generator, meta = load_checkpoint(checkpoint, "cpu")
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp",
-                                dir=out.parent))
-    try:
+    with atomic_directory(out, tag=str(os.getpid())) as tmp:
         files, parity = export_networks(config.model, energy, generator, tmp, opset, say)
         say("computing energy quantiles")
         quantiles = energy_quantiles(config, energy, generator, quantile_samples, device)
         say(f"  {quantiles['num_samples']} samples of {quantiles['source']}")
-        missing = [str(path) for path in handlers.values() if not path.is_file()]
-        make_archives = archive and not missing
-        if archive and missing:
-            say(f"skipping TorchServe archives: handler {', '.join(missing)} not found")
         info = model_info(config, meta, checkpoint, name, opset, files, parity, quantiles,
-                          make_archives)
+                          bool(handlers))
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if make_archives:
-            for kind in ARCHIVE_KINDS:
-                say(f"building {archive_name(kind)}")
-                build_archive(tmp, kind, handlers[kind], tmp)
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        for kind, kind_handler in handlers.items():
+            say(f"building {archive_name(kind)}")
+            build_archive(tmp, kind, kind_handler, tmp)
     say(f"exported {checkpoint} (step {meta.get('step')}) to {out} in "
         f"{time.perf_counter() - started:.1f} s")
     return out
+
+
+def _archive_handlers(archive: bool, handler: str | Path | None, say) -> dict[str, Path]:
+    """The handler file of each archive to build: none without `archive`, or when a handler
+    file is missing (then it says so)."""
+    if not archive:
+        return {}
+    handlers = {kind: Path(handler) if handler is not None else HANDLER_FILES[kind]
+                for kind in ARCHIVE_KINDS}
+    missing = [str(path) for path in handlers.values() if not path.is_file()]
+    if missing:
+        say(f"skipping TorchServe archives: handler {', '.join(missing)} not found")
+        return {}
+    return handlers
 
 
 def export_networks(model: ModelConfig, energy: torch.nn.Module, generator: torch.nn.Module,
@@ -243,18 +245,6 @@ def _remove_abandoned(out: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (PermissionError, OverflowError):
             pass  # another user's process is alive: not ours to touch
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`, replacing an old model directory there."""
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model dir is meant to be shared
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @torch.no_grad()
