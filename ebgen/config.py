@@ -63,7 +63,8 @@ class ModelConfig:
                                                "Laplace-like tails) or silu (smooth wells; "
                                                "measured unstable on the ring and grid, see "
                                                "the README's ablation).", ENERGY_ACTIVATIONS)
-    num_components: int = opt(0, "Points: split the latent into K equal-weight components "
+    num_components: int = opt(0, "Points: split the latent into K components (equal "
+                                 "weights unless --component-reweighting learns them; "
                                  "(picked by z's first coordinate, each with its own first-layer "
                                  "offset) so samples can form separate modes with no bridge "
                                  "between them; 0 = one connected latent.")
@@ -176,6 +177,10 @@ class TrainConfig:
     likelihood: float = opt(0.0, "Weight of importance-sampled maximum likelihood with a known "
                                  "proposal around the data batch: removes the energy's mass "
                                  "between and around the data (ddgm, low-D only; 0 = off).")
+    component_reweighting: float = opt(0.0, "Rate at which the latent components' weights "
+                                            "follow the energy's mode shares while the kNN "
+                                            "entropy is on (points with --num-components; 0 = "
+                                            "equal weights throughout).")
     calibrate_entropy: str | None = opt(None, "Entropy estimate from --calibrate-from on (none: "
                                               "--entropy throughout).", ENTROPY_ESTIMATES)
     calibrate_from: float = opt(0.0, "Share of the steps (0–1) after which score matching, "
@@ -202,7 +207,8 @@ class TrainConfig:
         weights = {"score_matching": self.score_matching, "calibration": self.calibration,
                    "likelihood": self.likelihood,
                    "gradient_penalty": self.gradient_penalty,
-                   "energy_magnitude": self.energy_magnitude}
+                   "energy_magnitude": self.energy_magnitude,
+                   "component_reweighting": self.component_reweighting}
         for name, value in weights.items():
             if value < 0:
                 raise EbgenError(f"{name} is a weight and must be >= 0, got {value}")

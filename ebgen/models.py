@@ -71,13 +71,15 @@ class InputAffine(nn.Module):
 
 
 class LatentComponents(nn.Module):
-    """Equal-weight components of the latent: z's first coordinate picks one of `num_components`.
+    """Weighted components of the latent: z's first coordinate picks one of `num_components`.
 
-    Its quantile u ∈ [0, 1) (uniform latents: (z₁ + 1) / 2; normal: Φ(z₁)) selects component
-    ⌊u·K⌋, whose learned offset is added to the generator's first hidden layer. G is continuous
-    within a component and free to jump between them, so its samples can cover disconnected
-    modes without a bridge of samples between them, and a mode's share is set by how many
-    components land on it. The latent itself, and so the one latent sampler, are unchanged.
+    Its quantile u ∈ [0, 1) (uniform latents: (z₁ + 1) / 2; normal: Φ(z₁)) selects the component
+    whose slice of [0, 1) holds u — slices as wide as the components' weights π (equal at the
+    start) — and that component's learned offset is added to the generator's first hidden
+    layer. G is continuous within a component and free to jump between them, so its samples can
+    cover disconnected modes without a bridge of samples between them, and a mode's share is
+    the weight of the components on it: `reweight` moves the weights toward the energy's
+    shares. The latent itself, and so the one latent sampler, are unchanged.
     """
 
     def __init__(self, num_components: int, width: int, latent: str) -> None:
@@ -85,15 +87,47 @@ class LatentComponents(nn.Module):
         self.num_components = num_components
         self.normal = latent == "normal"
         self.offsets = nn.Parameter(torch.randn(num_components, width))
+        self.register_buffer("log_weights", torch.zeros(num_components))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints from before the weights were learned have none: equal weights.
+        state_dict.setdefault(prefix + "log_weights", torch.zeros(self.num_components))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def weights(self) -> torch.Tensor:
+        """π, the components' weights (sum 1)."""
+        return torch.softmax(self.log_weights.float(), 0)
 
     def index(self, z: torch.Tensor) -> torch.Tensor:
         """Each latent's component, as int64 of shape (N,)."""
         first = z[:, 0]
         u = 0.5 * (1.0 + torch.erf(first / math.sqrt(2.0))) if self.normal else 0.5 * (first + 1.0)
-        return (u * self.num_components).floor().clamp(0, self.num_components - 1).long()
+        edges = torch.cumsum(self.weights(), 0)[:-1]  # where each slice ends (the last at 1)
+        return (u.unsqueeze(1) >= edges.unsqueeze(0)).long().sum(1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.offsets[self.index(z)]
+
+    @torch.no_grad()
+    def reweight(self, index: torch.Tensor, log_ratio: torch.Tensor, rate: float,
+                 floor: float = 0.1) -> None:
+        """Move the weights toward the energy's: log πₖ −= rate · (Dₖ − D̄).
+
+        `log_ratio` is each sample's E(x) + log q(x) (q the generator's density, e.g. kNN) and
+        `index` its component. For components on disjoint supports Dₖ = log πₖ + E_qₖ[E + log qₖ],
+        so the fixed point, where every Dₖ is equal, is πₖ ∝ exp(−(E_qₖ[E] − H(qₖ))): each
+        component's share of exp(−E)'s mass, which is KL(q‖p_E)'s minimiser over π. The batch
+        gives Dₖ − D̄ unbiased per component (a component's samples are divided by its expected
+        count), deviations clipped at ±4 nats. No weight falls below `floor`/K, so a component
+        keeps drawing samples and can recover.
+        """
+        weights = self.weights()
+        deviation = (log_ratio.float() - log_ratio.float().mean()).clamp(-4.0, 4.0)
+        total = torch.zeros_like(weights).index_add_(0, index, deviation)
+        step = rate * total / (len(index) * weights)
+        log_weights = torch.log_softmax(self.log_weights.float() - step, 0)
+        log_weights = log_weights.clamp_min(math.log(floor / self.num_components))
+        self.log_weights.copy_(torch.log_softmax(log_weights, 0))
 
 
 class EnergyModel(nn.Module):

@@ -23,10 +23,11 @@ from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, re
 from ebgen.config import Config, with_overrides
 from ebgen.data import load_data, standardisation
 from ebgen.errors import EbgenError
-from ebgen.models import energy_function
+from ebgen.files import atomic_write_text
 from ebgen.latents import sample_latents
-from ebgen.losses import batchnorm_entropy, gan_generator_loss, generator_loss, knn_entropy
-from ebgen.models import build_models
+from ebgen.losses import (batchnorm_entropy, gan_generator_loss, generator_loss,
+                          knn_log_density)
+from ebgen.models import build_models, energy_function
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR
 
@@ -55,22 +56,7 @@ class Trainer:
         if self.train_data.values.numel() * self.train_data.values.element_size() < 2 ** 30:
             self.train_data.values = self.train_data.values.to(self.device)
         self.step = 0
-        if resume:
-            if self.runtime.is_main:  # the writer finishes an interrupted save; ranks wait
-                recover(self.out_dir)
-            barrier(self.runtime)
-            _, energy, generator, _ = load_checkpoint(self.out_dir)
-        else:
-            _check_fresh_out_dir(self.out_dir)
-            if config.model.kind == "points" and config.model.standardize \
-                    and config.model.data_shift is None:
-                shift, scale = standardisation(self.train_data)
-                config.model.data_shift, config.model.data_scale = shift, scale
-            torch.manual_seed(config.train.seed)
-            energy, generator = build_models(config.model)
-            if config.model.base == "data":
-                energy.fit_base(self.train_data.batch(torch.arange(
-                    min(len(self.train_data), 60_000), device=self.train_data.values.device)))
+        energy, generator = self._networks(resume)
         energy.to(self.device).train()
         generator.to(self.device).train()
         self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
@@ -81,19 +67,11 @@ class Trainer:
             self.statistics_opt = _adam_like(config, self.statistics.parameters(),
                                              config.train.lr_energy)
         if resume:
-            state = load_trainer_state(self.out_dir)
-            self.energy_opt.load_state_dict(state["energy_optimizer"])
-            self.generator_opt.load_state_dict(state["generator_optimizer"])
-            if self.statistics is not None:
-                self.statistics.load_state_dict(state["statistics_network"])
-                self.statistics_opt.load_state_dict(state["statistics_optimizer"])
-            self.step = int(state["step"])
+            self._load_trainer_state()
         if self.runtime.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            energy = DistributedDataParallel(energy, device_ids=ids)
-            generator = DistributedDataParallel(generator, device_ids=ids)
+            energy, generator = self._distribute(energy), self._distribute(generator)
             if self.statistics is not None:
-                self.statistics = DistributedDataParallel(self.statistics, device_ids=ids)
+                self.statistics = self._distribute(self.statistics)
         self.energy, self.generator = energy, generator
         self.fixed_z = torch.from_numpy(sample_latents(
             config.train.num_eval_samples, config.model.z_dim,
@@ -101,6 +79,42 @@ class Trainer:
         if self.runtime.is_main:
             (self.out_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
             _truncate_metrics(self.out_dir / METRICS_FILE, self.step)
+
+    def _networks(self, resume: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The run's checkpointed networks (`resume`), else fresh ones (standardisation and
+        the data base fitted on the training data first)."""
+        config = self.config
+        if resume:
+            if self.runtime.is_main:  # the writer finishes an interrupted save; ranks wait
+                recover(self.out_dir)
+            barrier(self.runtime)
+            _, energy, generator, _ = load_checkpoint(self.out_dir)
+            return energy, generator
+        _check_fresh_out_dir(self.out_dir)
+        if config.model.kind == "points" and config.model.standardize \
+                and config.model.data_shift is None:
+            shift, scale = standardisation(self.train_data)
+            config.model.data_shift, config.model.data_scale = shift, scale
+        torch.manual_seed(config.train.seed)
+        energy, generator = build_models(config.model)
+        if config.model.base == "data":
+            energy.fit_base(self.train_data.batch(torch.arange(
+                min(len(self.train_data), 60_000), device=self.train_data.values.device)))
+        return energy, generator
+
+    def _load_trainer_state(self) -> None:
+        """Optimisers and step of the checkpoint this run resumes."""
+        state = load_trainer_state(self.out_dir)
+        self.energy_opt.load_state_dict(state["energy_optimizer"])
+        self.generator_opt.load_state_dict(state["generator_optimizer"])
+        if self.statistics is not None:
+            self.statistics.load_state_dict(state["statistics_network"])
+            self.statistics_opt.load_state_dict(state["statistics_optimizer"])
+        self.step = int(state["step"])
+
+    def _distribute(self, module: torch.nn.Module) -> torch.nn.Module:
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
 
     # ----------------------------------------------------------------------------- one step
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,18 +136,20 @@ class Trainer:
         cfg = self.config.train
         x, z = self._draw()
         if cfg.lr_decay:
-            self._set_learning_rates(max(0.0, 1.0 - self.step / max(1, cfg.steps)))
+            self._set_learning_rates(self._decay())
         no_sync = self.energy.no_sync if self.runtime.distributed else contextlib.nullcontext
         # Generator step: gradients reach the energy too, but are discarded (and not all-reduced).
         standardise = unwrap(self.energy).affine.standardise
         estimate = self._entropy_estimate()
+        log_q = None
         with self._autocast(), no_sync():
             x_fake = self.generator(z)
             energy_fake = self.energy(x_fake)
             if estimate == "mi" and self.statistics is not None:  # T and G both raise the MI
                 entropy = jsd_mutual_information(self.statistics, x_fake, z)
             elif estimate == "knn" and cfg.objective == "ddgm":  # standardised: a neighbour is
-                entropy = knn_entropy(standardise(x_fake), cfg.entropy_neighbours)  # near in u
+                log_q = knn_log_density(standardise(x_fake), cfg.entropy_neighbours)  # near in u
+                entropy = -log_q.mean()
             else:
                 entropy = batchnorm_entropy(unwrap(self.generator))
             if cfg.objective == "ddgm":
@@ -146,6 +162,11 @@ class Trainer:
             self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
+        if log_q is not None and cfg.component_reweighting > 0 \
+                and self.config.model.num_components:
+            components = unwrap(self.generator).components
+            components.reweight(components.index(z), (energy_fake + log_q).detach(),
+                                cfg.component_reweighting * self._decay())
         if train_statistics:
             self.statistics_opt.step()
         # Energy step: its terms by name (train/energy_terms.py), summed here.
@@ -232,6 +253,11 @@ class Trainer:
         data = self.config.data
         return Path(data.path).name if data.path else str(data.dataset)
 
+    def _decay(self) -> float:
+        """This step's learning-rate factor: 1 → 0 over the run with lr_decay, else 1."""
+        cfg = self.config.train
+        return max(0.0, 1.0 - self.step / max(1, cfg.steps)) if cfg.lr_decay else 1.0
+
     def _set_learning_rates(self, factor: float) -> None:
         cfg = self.config.train
         pairs = [(self.energy_opt, cfg.lr_energy), (self.generator_opt, cfg.lr_generator)]
@@ -306,7 +332,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     lines = [line for line in path.read_text().splitlines()
              if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in lines), durable=True)
 
 
 def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True
