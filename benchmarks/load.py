@@ -1,24 +1,27 @@
-"""Load test of both serving engines, next to the in-process call, in one run (127.0.0.1 only).
+"""Load test of both serving engines beside the in-process call and the onnxruntime ceiling, in
+one run, on 127.0.0.1 only.
 
-For each engine (the built-in HTTP service, TorchServe) and each number of concurrent clients
-(1, 8, 32), sends `generate` (16 samples, .npy) and `score` (16 images, .npy) requests and
-prints p50 / p99 latency and throughput; the first rows time `ebgen.load_model`'s
-`generate(16)` / `score(16 images)` called directly in this process. Every level is bounded in
-requests (--requests) and in time (--max-seconds); servers are started on free local ports and
-stopped at the end.
+Rows: `in-process` (`ebgen.load_model(...).generate(16)` / `.score(16 samples)` back to back),
+`ceiling` (the generator / energy session called directly at the HTTP service's batch size:
+the samples/s no server on this machine can pass), then each engine (the built-in HTTP service,
+TorchServe) at each number of concurrent clients, for `generate` (16 samples, .npy) and
+`score` (16 samples, .npy): p50 / p99 latency, requests/s, samples/s, errors, and the load
+generator's share of the CPU. Then the head-of-line check (a 1-sample request while 16 clients
+ask for 1,024 samples each, against its idle latency) and the goal ratios.
 
-    python benchmarks/load.py                       # trains + exports the tiny model first
-    python benchmarks/load.py models/mnist --engines http --clients 1,8
+The load comes from `wrk` (C, one thread, keep-alive; Debian's `wrk` package) so the server
+keeps the cores; without it, a lean Python client (`--client python`, shown in the rows).
+
+    python benchmarks/load.py                                   # bundled mnist, both engines
+    python benchmarks/load.py models/tiny --engines http --clients 1,8 --seconds 5
+    python benchmarks/load.py mnist --clients 32 --seconds 60   # sustained load, 0 errors?
 """
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import signal
-import socket
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -26,203 +29,170 @@ from pathlib import Path
 
 import numpy as np
 
-HOST = "127.0.0.1"  # the only address this script ever sends to
-SAMPLES = 16
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load_clients import (HOST, SAMPLES, Level, free_port, probe_latency, python_load,  # noqa: E402
+                          started_http, started_torchserve, wrk_load)
 
 
-def free_port(span: int = 1) -> int:
-    """A port P on 127.0.0.1 with P .. P+span-1 free."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
-        try:
-            for p in range(port, port + span):
-                with socket.socket() as s:
-                    s.bind((HOST, p))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
-def row(engine: str, endpoint: str, clients: int, lat: list[float], wall: float,
-        errors: int = 0) -> dict:
-    n = len(lat)
-    return {"engine": engine, "endpoint": endpoint, "clients": clients, "requests": n,
-            "errors": errors, "p50_ms": 1e3 * percentile(lat, 50),
-            "p99_ms": 1e3 * percentile(lat, 99), "req_per_s": n / wall if wall else 0.0,
-            "samples_per_s": SAMPLES * n / wall if wall else 0.0}
-
-
-def in_process(model_dir: str, requests: int, max_seconds: float) -> list[dict]:
-    """`load_model(...).generate(16, seed)` and `.score(x16)`, called back to back."""
-    from ebgen import load_model
-
-    model = load_model(model_dir, device="cpu")
+def in_process(model, seconds: float) -> list[Level]:
+    """`generate(16, seed)` and `score(x16)` called back to back in this process."""
     x = model.generate(SAMPLES, seed=123)
     calls = {"generate": lambda i: model.generate(SAMPLES, seed=i),
              "score": lambda i: model.score(x)}
     rows = []
     for name, call in calls.items():
-        for i in range(3):
+        for i in range(5):
             call(i)
-        lat, start = [], time.perf_counter()
-        for i in range(requests):
+        lat, start, i = [], time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
             t = time.perf_counter()
             call(i)
             lat.append(time.perf_counter() - t)
-            if time.perf_counter() - start > max_seconds:
-                break
-        rows.append(row("in-process", name, 1, lat, time.perf_counter() - start))
+            i += 1
+        rows.append(Level.of("in-process", name, 1, lat, time.perf_counter() - start))
     return rows
 
 
-async def drive(url: str, body: bytes | dict, clients: int, requests: int, max_seconds: float,
-                headers: dict[str, str]) -> tuple[list[float], int, float]:
-    """`requests` POSTs from `clients` concurrent clients; stops early after `max_seconds`."""
-    import httpx
-
-    lat: list[float] = []
-    errors = 0
-    counter = iter(range(requests))
-    deadline = time.perf_counter() + max_seconds
-    kwargs = {"json": body} if isinstance(body, dict) else {"content": body}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-
-    async with httpx.AsyncClient(headers=headers, timeout=60, limits=limits) as client:
-        async def one_client() -> None:
-            nonlocal errors
-            for _ in counter:
-                if time.perf_counter() > deadline:
-                    return
-                t = time.perf_counter()
-                try:
-                    r = await client.post(url, **kwargs)
-                except httpx.HTTPError:  # reset, refused, timed out: an error, not a crash
-                    errors += 1
-                    continue
-                if r.status_code == 200:
-                    lat.append(time.perf_counter() - t)
-                else:
-                    errors += 1
-
-        for _ in range(2):  # warm up connections and workers
-            await client.post(url, **kwargs)
-        start = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        return lat, errors, time.perf_counter() - start
+def ceiling(model, batch: int, seconds: float) -> list[Level]:
+    """Samples/s of the bare sessions at the server's batch size (no latents, no encoding)."""
+    z = model.latents(batch, seed=1)
+    x = model.generate_from_latents(z)
+    rows = []
+    for name, call in {"generate": lambda: model.generate_from_latents(z),
+                       "score": lambda: model.energy(x)}.items():
+        call()
+        lat, start = [], time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            call()
+            lat.append(time.perf_counter() - t)
+        level = Level.of(f"ceiling (batch {batch})", name, 1, lat, time.perf_counter() - start)
+        level.samples_per_s = batch * len(lat) / (time.perf_counter() - start)
+        rows.append(level)
+    return rows
 
 
-def bench_engine(engine: str, urls: dict[str, str], headers: dict[str, str], args,
-                 bodies: dict) -> list[dict]:
+def bench_engine(engine: str, urls: dict[str, str], headers: dict[str, str], bodies: dict,
+                 args) -> list[Level]:
     rows = []
     for clients in args.clients:
         for endpoint in ("generate", "score"):
-            n = max(args.requests, 4 * clients)
-            lat, errors, wall = asyncio.run(drive(urls[endpoint], bodies[endpoint], clients, n,
-                                                  args.max_seconds, headers))
-            rows.append(row(engine, endpoint, clients, lat, wall, errors))
-            print(_fmt(rows[-1]), file=sys.stderr, flush=True)
+            content_type, body = bodies[endpoint]
+            load = wrk_load if args.client == "wrk" else python_load
+            level = load(urls[endpoint], body, content_type, headers, clients, args.seconds)
+            level.engine, level.endpoint = engine, endpoint
+            rows.append(level)
+            print(level.markdown(), file=sys.stderr, flush=True)
     return rows
 
 
-def run_http(model_dir: str, args, bodies: dict) -> list[dict]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ebgen.cli.main", "serve", model_dir,
-                             "--host", HOST, "--port", str(port), "--workers", str(args.workers),
-                             "--device", "cpu"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        import httpx
+def head_of_line(url: str, headers: dict[str, str], args) -> dict[str, float]:
+    """p50 of a 1-sample generate request idle, and while 16 clients ask for 1,024 each."""
+    small = json.dumps({"num_samples": 1, "seed": 3, "format": "npy"}).encode()
+    big = json.dumps({"num_samples": 1024, "seed": 4, "format": "npy"}).encode()
+    idle = probe_latency(url, small, headers, seconds=min(5.0, args.seconds))
+    load = wrk_load if args.client == "wrk" else python_load
+    import threading
 
-        base = f"http://{HOST}:{port}"
-        for _ in range(120):
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        return bench_engine(f"http ({args.workers}w)", {"generate": f"{base}/generate",
-                                                       "score": f"{base}/score"}, {}, args, bodies)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    background = threading.Thread(target=load, args=(url, big, "application/json", headers, 16,
+                                                     args.seconds + 2.0), daemon=True)
+    background.start()
+    time.sleep(1.0)
+    loaded = probe_latency(url, small, headers, seconds=args.seconds)
+    background.join()
+    return {"idle_p50_ms": 1e3 * float(np.median(idle)),
+            "loaded_p50_ms": 1e3 * float(np.median(loaded)),
+            "loaded_p99_ms": 1e3 * float(np.percentile(loaded, 99))}
 
 
-def run_torchserve(model_dir: str, args, bodies: dict) -> list[dict]:
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+def goal_ratios(rows: list[Level], hol: dict | None) -> list[str]:
+    def find(engine_prefix: str, endpoint: str, clients: int) -> Level | None:
+        return next((r for r in rows if r.engine.startswith(engine_prefix)
+                     and r.endpoint == endpoint and r.clients == clients), None)
 
-    port = free_port(3)
-    cfg = TorchServeConfig(model_dir, port=port, management_port=port + 1,
-                           metrics_port=port + 2, workers=args.workers, max_batch_size=8,
-                           max_delay_ms=5)
-    with TorchServe(cfg) as ts:
-        ts.wait_ready()
-        return bench_engine(f"torchserve ({args.workers}w)", {"generate": ts.url("generate"),
-                                                             "score": ts.url("score")},
-                            ts.auth_headers(), args, bodies)
-
-
-def _fmt(r: dict) -> str:
-    return (f"| {r['engine']:<16} | {r['endpoint']:<8} | {r['clients']:>7} | {r['requests']:>8} "
-            f"| {r['p50_ms']:>8.1f} | {r['p99_ms']:>8.1f} | {r['req_per_s']:>8.1f} "
-            f"| {r['samples_per_s']:>9.0f} | {r['errors']:>6} |")
+    lines = []
+    for endpoint in ("generate", "score"):
+        local, http1 = find("in-process", endpoint, 1), find("http", endpoint, 1)
+        if local and http1:
+            lines.append(f"{endpoint}: HTTP p50 at 1 client / in-process = "
+                         f"{http1.p50_ms / local.p50_ms:.2f}× (goal ≤ 1.5×)")
+        http32, ts32 = find("http", endpoint, 32), find("torchserve", endpoint, 32)
+        if http32 and ts32:
+            lines.append(f"{endpoint}: HTTP req/s at 32 clients / TorchServe = "
+                         f"{http32.req_per_s / ts32.req_per_s:.2f}× (goal ≥ 1.5×)")
+        if http32:
+            lines.append(f"{endpoint}: HTTP p99 / p50 at 32 clients = "
+                         f"{http32.p99_ms / http32.p50_ms:.2f}× (goal ≤ 3×)")
+    if hol:
+        lines.append(f"1-sample generate behind 16 × 1,024-sample ones: p50 "
+                     f"{hol['loaded_p50_ms']:.1f} ms vs {hol['idle_p50_ms']:.1f} ms idle = "
+                     f"{hol['loaded_p50_ms'] / hol['idle_p50_ms']:.2f}× (goal ≤ 5×)")
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", help="Model directory or bundled name (default: train "
-                                            "+ export tiny).")
+    p.add_argument("model", nargs="?", default="mnist",
+                   help="Model directory or bundled name (default: mnist).")
     p.add_argument("--engines", default="http,torchserve")
-    p.add_argument("--clients", default="1,8,32")
-    p.add_argument("--requests", type=int, default=64, help="Requests per level (at least "
-                   "4 per client).")
-    p.add_argument("--max-seconds", type=float, default=15.0, help="Time cap per level.")
+    p.add_argument("--clients", default="1,8,32,128")
+    p.add_argument("--seconds", type=float, default=10.0, help="Duration of each level.")
     p.add_argument("--workers", type=int, default=1, help="Server workers (per model).")
+    p.add_argument("--client", choices=["wrk", "python"], default=None,
+                   help="Load generator (default: wrk when on PATH).")
+    p.add_argument("--serve-args", default="", help="Extra `ebgen serve` options for the HTTP "
+                   "engine, e.g. '--max-batch-samples 128 --threads 1'.")
+    p.add_argument("--ts-batch", type=int, default=8, help="TorchServe batch_size.")
+    p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max_batch_delay.")
+    p.add_argument("--ts-threads", type=int, default=None, help="onnxruntime threads per "
+                   "TorchServe worker (default: cores / workers).")
+    p.add_argument("--no-head-of-line", action="store_true")
     p.add_argument("--json", action="store_true", help="Also print the rows as JSON.")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
-    with tempfile.TemporaryDirectory(prefix="ebgen-load-") as tmp:
-        model_dir = args.model
-        if model_dir is not None:  # a bundled name (mnist, ring, grid) or a directory
-            from ebgen import resolve_model_path
+    args.client = args.client or ("wrk" if shutil.which("wrk") else "python")
 
-            model_dir = str(resolve_model_path(model_dir))
-        else:
-            from ebgen.presets import preset_config
-            from ebgen.export import export_model
-            from ebgen.train import train
+    from ebgen import load_model, resolve_model_path
+    from ebgen.serve import codecs
+    from ebgen.sessions import serving_threads
 
-            train(preset_config("tiny"), Path(tmp) / "ckpt", progress=False)
-            model_dir = str(export_model(Path(tmp) / "ckpt", Path(tmp) / "model",
-                                         progress=False))
-        from ebgen import load_model
-        from ebgen.serve import codecs
-
-        x = load_model(model_dir, device="cpu").generate(SAMPLES, seed=7)
-        bodies = {"generate": {"num_samples": SAMPLES, "seed": 1, "format": "npy"},
-                  "score": codecs.encode_npy(x)}
-        rows = in_process(model_dir, args.requests, args.max_seconds)
+    model_dir = str(resolve_model_path(args.model))
+    model = load_model(model_dir, device="cpu", threads=serving_threads(args.workers))
+    x = model.generate(SAMPLES, seed=7)
+    bodies = {"generate": ("application/json", json.dumps(
+                  {"num_samples": SAMPLES, "seed": 1, "format": "npy"}).encode()),
+              "score": ("application/x-npy", codecs.encode_npy(x))}
+    batch = 64
+    for flag, value in zip(args.serve_args.split()[::2], args.serve_args.split()[1::2]):
+        if flag == "--max-batch-samples":
+            batch = int(value)
+    rows = in_process(model, min(args.seconds, 5.0)) + ceiling(model, batch, 3.0)
+    hol = None
+    with tempfile.TemporaryDirectory(prefix="ebgen-load-"):
         for engine in args.engines.split(","):
-            rows += {"http": run_http, "torchserve": run_torchserve}[engine](model_dir, args,
-                                                                             bodies)
-    print(f"\n{SAMPLES} samples per request; model {model_dir if args.model else 'tiny (8x8)'}; "
-          f"{os.cpu_count()} CPUs\n")
-    print("| engine           | endpoint | clients | requests |  p50 ms  |  p99 ms  |  req/s   "
-          "| samples/s | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+            if engine == "http":
+                with started_http(model_dir, args.workers, args.serve_args.split()) as base:
+                    urls = {"generate": f"{base}/generate", "score": f"{base}/score"}
+                    rows += bench_engine(f"http ({args.workers}w)", urls, {}, bodies, args)
+                    if not args.no_head_of_line:
+                        hol = head_of_line(urls["generate"], {}, args)
+            elif engine == "torchserve":
+                with started_torchserve(model_dir, args.workers, args.ts_batch, args.ts_delay_ms,
+                                        args.ts_threads) as (urls, headers):
+                    name = f"torchserve ({args.workers}w, b{args.ts_batch}/{args.ts_delay_ms}ms)"
+                    rows += bench_engine(name, urls, headers, bodies, args)
+            else:
+                raise SystemExit(f"unknown engine {engine!r}: http or torchserve")
+    print(f"\n{SAMPLES} samples per request; model {args.model}; {os.cpu_count()} CPUs; "
+          f"load from {args.client}; {args.seconds:g} s per level\n")
+    print(Level.HEADER)
     for r in rows:
-        print(_fmt(r))
+        print(r.markdown())
+    print()
+    for line in goal_ratios(rows, hol):
+        print("- " + line)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": [r.__dict__ for r in rows], "head_of_line": hol}, indent=2))
 
 
 if __name__ == "__main__":

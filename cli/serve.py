@@ -20,10 +20,18 @@ from .options import device_option, model_arguments, pick_model
                    "gRPC inference and management on PORT+3 and PORT+4).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes (http) or workers per model (torchserve).")
-@click.option("--max-batch-size", type=int, default=16, show_default=True,
-              help="Most requests combined into one onnxruntime call.")
-@click.option("--max-delay-ms", type=float, default=5.0, show_default=True,
-              help="Longest wait for a batch to fill.")
+@click.option("--max-batch-samples", type=int, default=64, show_default=True,
+              help="http: most samples in one onnxruntime call; bigger requests run in chunks, "
+                   "sharing batches evenly with the others.")
+@click.option("--max-batch-size", type=int, default=8, show_default=True,
+              help="torchserve: most requests in one handler call (its batch_size).")
+@click.option("--max-delay-ms", type=float, default=None,
+              help="Longest wait for a batch to fill. http (default 2): waits only while the "
+                   "arrival rate says waiting pays, never when idle; torchserve (default 5): "
+                   "its max_batch_delay, waited whenever a batch is not full.")
+@click.option("--threads", type=int, default=None,
+              help="onnxruntime threads per worker (default: the cores shared out evenly "
+                   "among the workers; or $EBGEN_THREADS).")
 @click.option("--max-queue", type=int, default=64, show_default=True,
               help="Requests waiting per model before 503 (http: with Retry-After; "
                    "torchserve: its job_queue_size).")
@@ -33,15 +41,17 @@ from .options import device_option, model_arguments, pick_model
               help="Cap on a request body in MiB (413 beyond).")
 @click.option("--max-connections", type=int, default=256, show_default=True,
               help="Open connections per worker before 503 (http engine).")
+@click.option("--access-log", is_flag=True,
+              help="http: log every request (off by default: it costs more than a small one).")
 @click.option("--no-auth", is_flag=True,
               help="TorchServe only: turn token auth off (it is on by default).")
 @click.option("--workdir", default=None, metavar="DIR",
               help="TorchServe only: config, keys (key_file.json) and logs. (default: a new "
                    "temporary folder)")
 @device_option()
-def serve_command(model, model_option, engine, host, port, workers, max_batch_size,
-                  max_delay_ms, max_queue, max_samples, max_body_mb, max_connections, no_auth,
-                  workdir, device) -> None:
+def serve_command(model, model_option, engine, host, port, workers, max_batch_samples,
+                  max_batch_size, max_delay_ms, threads, max_queue, max_samples, max_body_mb,
+                  max_connections, access_log, no_auth, workdir, device) -> None:
     """Serve generation and energy scoring over HTTP on 127.0.0.1.
 
     MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache
@@ -62,10 +72,11 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
     from ebgen import resolve_model_path
     from ebgen.serve.validation import Limits
 
-    if min(workers, max_batch_size, max_queue, max_samples, max_connections) < 1 \
-            or max_delay_ms < 0:
-        raise click.UsageError("--workers, --max-batch-size, --max-queue, --max-samples and "
-                               "--max-connections must be at least 1; --max-delay-ms at least 0")
+    if min(workers, max_batch_samples, max_batch_size, max_queue, max_samples, max_connections,
+           threads or 1) < 1 or (max_delay_ms or 0) < 0:
+        raise click.UsageError("--workers, --max-batch-samples, --max-batch-size, --threads, "
+                               "--max-queue, --max-samples and --max-connections must be at "
+                               "least 1; --max-delay-ms at least 0")
     limits = Limits(max_samples=max_samples, max_score_inputs=max(max_samples, 1024),
                     max_body_bytes=int(max_body_mb * 2**20))
     path = str(resolve_model_path(pick_model(model, model_option)))
@@ -76,8 +87,10 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
         cfg = TorchServeConfig(path, host=host, port=port, management_port=port + 1,
                                metrics_port=port + 2, grpc_inference_port=port + 3,
                                grpc_management_port=port + 4, workers=workers,
-                               max_batch_size=max_batch_size, max_delay_ms=int(max_delay_ms),
-                               max_queue=max_queue, auth=not no_auth, workdir=workdir, limits=limits)
+                               max_batch_size=max_batch_size,
+                               max_delay_ms=int(5 if max_delay_ms is None else max_delay_ms),
+                               max_queue=max_queue, threads=threads, auth=not no_auth,
+                               workdir=workdir, limits=limits)
         sys.exit(serve_torchserve(cfg, echo=click.echo))
     if no_auth or workdir:
         raise click.UsageError("--no-auth and --workdir apply to --engine torchserve only")
@@ -86,6 +99,8 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_si
     click.echo(f"ebgen HTTP service on http://{host}:{port}: POST /generate, POST /score, "
                f"/v2/models/{{generator,energy}}/infer, GET /metrics; Ctrl-C stops")
     run_http(ServeConfig(path, host=host, port=port, workers=workers, device=device,
-                         max_batch_size=max_batch_size, max_delay_ms=max_delay_ms,
-                         max_queue=max_queue, max_connections=max_connections,
+                         max_batch_samples=max_batch_samples,
+                         max_delay_ms=2.0 if max_delay_ms is None else max_delay_ms,
+                         max_queue=max_queue, threads=threads,
+                         max_connections=max_connections, access_log=access_log,
                          limits=limits))

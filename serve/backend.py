@@ -26,17 +26,18 @@ log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
 class Backend:
     """The model (loaded at start unless given), a micro-batcher per network, the limits."""
 
-    def __init__(self, model_path: str, device: str, limits: Limits, max_batch_size: int,
+    def __init__(self, model_path: str, device: str, limits: Limits, max_batch_samples: int,
                  max_delay_ms: float, max_queue: int, model: Any = None,
-                 on_batch: Callable[[str, int], None] | None = None) -> None:
+                 on_batch: Callable[[str, int], None] | None = None,
+                 threads: int | None = None) -> None:
         self.model_path, self.device, self.limits = model_path, device, limits
-        self.model = model
+        self.model, self.threads = model, threads
         self.ready = False
         runs = {"generator": service.run_generator_batch, "energy": service.run_energy_batch}
         self.batchers: dict[str, MicroBatcher] = {}  # one per network, by the routes' names
         for name, run in runs.items():
-            b = MicroBatcher(lambda items, run=run: run(self.model, items),
-                             max_batch_size, max_delay_ms, max_queue, name=name, cost=len)
+            b = MicroBatcher(lambda parts, run=run: run(self.model, parts),
+                             max_batch_samples, max_delay_ms, max_queue, name=name)
             if on_batch is not None:
                 b.on_batch = lambda n, seconds, name=name: on_batch(name, n)
             self.batchers[name] = b
@@ -46,7 +47,7 @@ class Backend:
         if self.model is None:
             from ebgen import load_model
 
-            self.model = load_model(self.model_path, self.device)
+            self.model = load_model(self.model_path, self.device, self.threads)
         m = self.model
         log.info("ebgen HTTP service: model %s %s on %s (pid %d)", m.info.get("name"),
                  list(m.sample_shape), ", ".join(m.providers), os.getpid())

@@ -80,12 +80,13 @@ class EbgenHandler(BaseHandler):
 
         from ebgen import load_model
         from ebgen.runtime import CUDA_PROVIDER
+        from ebgen.sessions import serving_threads
 
         props = context.system_properties
         gpu = props.get("gpu_id")
         device = (f"cuda:{gpu}" if gpu is not None
                   and CUDA_PROVIDER in onnxruntime.get_available_providers() else "cpu")
-        self.model = load_model(props.get("model_dir"), device)
+        self.model = load_model(props.get("model_dir"), device, serving_threads())
         self.limits = limits_from_env()
         self.manifest = getattr(context, "manifest", None)
         self.initialized = True

@@ -38,8 +38,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ebgen import __version__
+from ebgen.sessions import serving_threads
 
-from . import lifeline, service, v2
+from . import codecs, lifeline, service, v2
 from .backend import Backend, log
 from .validation import Limits, RequestError
 
@@ -47,6 +48,8 @@ CONFIG_ENV = "EBGEN_SERVE_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The pid of a multi-worker server's supervisor, which its workers watch.
 SUPERVISOR_ENV = "EBGEN_SERVE_SUPERVISOR"
+#: .npy score bodies up to this size are decoded on the event loop (a header parse and a copy).
+INLINE_DECODE_BYTES = 1 << 20
 
 
 @dataclass
@@ -58,12 +61,14 @@ class ServeConfig:
     port: int = 8080
     workers: int = 1
     device: str = "auto"
-    max_batch_size: int = 16
-    max_delay_ms: float = 5.0
+    max_batch_samples: int = 64   # rows per onnxruntime call (README: the table that chose it)
+    max_delay_ms: float = 2.0     # ceiling on waiting for a batch, taken only where it pays
     max_queue: int = 64
+    threads: int | None = None    # onnxruntime threads per session (None: cores / workers)
     max_connections: int = 256    # per worker; uvicorn answers 503 beyond
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
+    access_log: bool = False      # a log line per request costs more than a small request
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -104,6 +109,42 @@ class _Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class _Counted:
+    """ASGI middleware: counts and times every HTTP request for /metrics, and answers an
+    exception that escaped a route with a normal one-line JSON 500 (which /metrics counts and
+    which keeps the keep-alive connection usable). Plain ASGI, not Starlette's
+    BaseHTTPMiddleware, which costs a task group and a stream per request."""
+
+    def __init__(self, app: Any, metrics: _Metrics, backend: Backend) -> None:
+        self.app, self.metrics, self.backend = app, metrics, backend
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+        started = False
+
+        async def send_counted(message: dict) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started, status[0] = True, message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        except Exception as err:
+            log.exception("internal error on %s", scope.get("path"))
+            if started:
+                raise
+            await _error(RequestError(500, f"internal error: {type(err).__name__}"))(
+                scope, receive, send_counted)
+        endpoint = getattr(scope.get("route"), "path", "other")
+        self.metrics.requests.labels(endpoint, str(status[0])).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        for name, batcher in self.backend.batchers.items():
+            self.metrics.queue.labels(name).set(batcher.queued)
+
+
 def _response(reply: service.Reply) -> Response:
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type,
                     headers=reply.headers)
@@ -122,14 +163,21 @@ def rest_router(backend: Backend, metrics: _Metrics) -> APIRouter:
         params = service.parse_generate(await backend.body(request), backend.limits)
         z = service.latents_for(backend.model, params)
         x = await backend.run("generator", request, z)
+        if params.format == "npy":  # a header and a copy: cheaper than a thread hop
+            return _response(service.encode_generate(backend.model, params, x))
         return _response(await run_in_threadpool(service.encode_generate, backend.model,
                                                  params, x))
 
     @routes.post("/score")
     async def score(request: Request):
-        # decoding (PNG, JSON) runs off the event loop, which keeps answering health checks
-        x = await run_in_threadpool(service.decode_score_request, await backend.body(request),
-                                    backend.model, backend.limits)
+        body = await backend.body(request)
+        # .npy bytes decode in microseconds; images and JSON decode off the event loop, which
+        # keeps answering health checks meanwhile
+        if codecs.sniff(body) == "npy" and len(body) <= INLINE_DECODE_BYTES:
+            x = service.decode_score_request(body, backend.model, backend.limits)
+        else:
+            x = await run_in_threadpool(service.decode_score_request, body, backend.model,
+                                        backend.limits)
         energies = await backend.run("energy", request, x)
         return _response(service.Reply.json(service.score_result(backend.model, energies)))
 
@@ -145,9 +193,10 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     """The FastAPI app for `config` (loading `config.model` at start unless `model` is given):
     a `Backend`, the REST and v2 routes over it, one-line JSON errors, metrics."""
     metrics = _Metrics()
-    backend = Backend(config.model, config.device, config.limits, config.max_batch_size,
+    backend = Backend(config.model, config.device, config.limits, config.max_batch_samples,
                       config.max_delay_ms, config.max_queue, model=model,
-                      on_batch=lambda name, n: metrics.batch.labels(name).observe(n))
+                      on_batch=lambda name, n: metrics.batch.labels(name).observe(n),
+                      threads=config.threads or serving_threads(config.workers))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -173,24 +222,9 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     async def validation_error(request: Request, err: RequestValidationError):
         return _error(RequestError(422, "invalid request"))
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception as err:  # answered here, inside the app: a normal one-line JSON 500
-            # that /metrics counts and that keeps the keep-alive connection usable
-            log.exception("internal error on %s", request.url.path)
-            response = _error(RequestError(500, f"internal error: {type(err).__name__}"))
-        endpoint = getattr(request.scope.get("route"), "path", "other")
-        metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-        for name, batcher in backend.batchers.items():
-            metrics.queue.labels(name).set(batcher.queued)
-        return response
-
     app.include_router(rest_router(backend, metrics))
     app.include_router(v2.router(backend))
+    app.add_middleware(_Counted, metrics=metrics, backend=backend)
     return app
 
 
@@ -223,6 +257,7 @@ def run_http(config: ServeConfig) -> None:
     try:
         uvicorn.run("ebgen.serve.http_service:app_from_env", factory=True, host=config.host,
                     port=config.port, workers=config.workers, log_level=config.log_level,
+                    access_log=config.access_log,
                     limit_concurrency=config.max_connections, timeout_graceful_shutdown=5)
     finally:
         if metrics_dir:

@@ -33,6 +33,7 @@ from typing import Any
 from ebgen.errors import EbgenError
 from ebgen.model_format import read_model_info
 from ebgen.names import ARCHIVE_KINDS, HANDLER_MODULES
+from ebgen.sessions import THREADS_ENV, serving_threads
 
 from . import lifeline
 from .health import KEY_FILE, local_request, read_token
@@ -58,6 +59,7 @@ class TorchServeConfig:
     max_batch_size: int = 8
     max_delay_ms: int = 5
     max_queue: int = 64            # TorchServe's job_queue_size: requests waiting per model
+    threads: int | None = None     # onnxruntime threads per worker (None: cores / workers)
     auth: bool = True
     token_expiration_min: float = 1440  # keys' lifetime; renewed every half of it
     workdir: str | None = None     # default: a new temporary folder
@@ -179,7 +181,8 @@ class TorchServe:
         env = dict(os.environ, TMPDIR=str(self.workdir / "tmp"), TEMP=str(self.workdir / "tmp"),
                    LOG_LOCATION=str(self.workdir / "logs"),
                    METRICS_LOCATION=str(self.workdir / "logs"),
-                   **{LIMITS_ENV: json.dumps(dataclasses.asdict(self.cfg.limits))})
+                   **{LIMITS_ENV: json.dumps(dataclasses.asdict(self.cfg.limits)),
+                      THREADS_ENV: str(self.cfg.threads or serving_threads(self.cfg.workers))})
         self.log = open(self.workdir / "torchserve.out", "ab")
         self.process = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self.log,
                                         stderr=subprocess.STDOUT, start_new_session=True)

@@ -1,9 +1,11 @@
-"""The micro-batcher of the HTTP service: batches, a full queue refused with a Retry-After that
-follows the work queued, and a dead collecting task restarted."""
+"""The micro-batcher of the HTTP service: no idle wait, batches of what queued, fair shares in
+samples (big requests in chunks), waiting only where it pays, a full queue refused with a
+Retry-After that follows the work queued, and a dead batching task restarted."""
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -13,35 +15,118 @@ from ebgen.serve.batching import BatchTimer, MicroBatcher, Overloaded
 from ebgen.serve.validation import RequestError
 
 
-def test_micro_batcher_batches_and_refuses_when_full():
-    seen: list[int] = []
+def _rows(n: int, value: float = 0.0) -> np.ndarray:
+    return np.full(n, value, dtype=np.float32)
+
+
+def test_batches_what_queued_and_refuses_when_full():
+    seen: list[list[int]] = []
     gate = threading.Event()
 
-    def run(items):
+    def run(parts):
         gate.wait(5)
-        seen.append(len(items))
-        return [RequestError(422, "odd") if i % 2 else i * 10 for i in items]
+        seen.append([len(p) for p in parts])
+        return [RequestError(422, "odd") if p[0] % 2 else p * 10 for p in parts]
 
     async def main():
-        b = MicroBatcher(run, max_batch_size=4, max_delay_ms=50, max_queue=4)
+        b = MicroBatcher(run, max_batch_samples=64, max_delay_ms=0, max_queue=4)
         await b.start()
-        tasks = [asyncio.create_task(b.submit(i)) for i in range(4)]
-        await asyncio.sleep(0.2)          # first batch of 4 taken, stuck on the gate
-        more = [asyncio.create_task(b.submit(i)) for i in range(4, 8)]
+        first = asyncio.create_task(b.submit(_rows(1, 0)))
+        await asyncio.sleep(0.1)             # running at once, stuck on the gate
+        more = [asyncio.create_task(b.submit(_rows(2, i))) for i in range(1, 5)]
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded) as full:   # 4 waiting: the queue (4) is full
-            await b.submit(99)
+            await b.submit(_rows(1))
         gate.set()
-        results = await asyncio.gather(*tasks, *more, return_exceptions=True)
+        results = await asyncio.gather(first, *more, return_exceptions=True)
         await b.stop()
         return full.value, results
 
     full, results = asyncio.run(main())
     assert full.status == 503 and full.retry_after >= 1
     assert service.Reply.error(full).headers == {"Retry-After": str(full.retry_after)}
-    assert seen == [4, 4]
-    assert [r if not isinstance(r, RequestError) else r.status for r in results] == \
-        [0, 422, 20, 422, 40, 422, 60, 422]
+    assert seen == [[1], [2, 2, 2, 2]]    # what queued while the first ran: one batch
+    assert [r.status if isinstance(r, RequestError) else r.tolist() for r in results] == \
+        [[0.0], 422, [20.0, 20.0], 422, [40.0, 40.0]]
+
+
+def test_a_lone_request_does_not_wait_for_a_batch_to_fill():
+    """Issue 16: every request waited max_delay_ms after the first, even with nothing else
+    queued. Here the ceiling is 2 s and nothing else comes: the answer is immediate."""
+    async def main():
+        b = MicroBatcher(lambda parts: list(parts), max_batch_samples=64, max_delay_ms=2000)
+        await b.start()
+        start = time.perf_counter()
+        answer = await b.submit(_rows(3, 7))
+        took = time.perf_counter() - start
+        await b.stop()
+        return answer, took
+
+    answer, took = asyncio.run(main())
+    assert answer.tolist() == [7, 7, 7] and took < 1.0
+
+
+def test_big_requests_run_in_chunks_and_a_small_one_is_not_stuck_behind_them():
+    """Issue 16: a 1-sample request queued behind 1,024-sample ones waited for all of them. Now
+    every batch holds at most max_batch_samples rows, shared evenly: the small request is in
+    the very next batch, and each big answer is its chunks' answers joined in order."""
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(parts):
+        gate.wait(5)
+        batches.append([len(p) for p in parts])
+        return [p * 2 for p in parts]
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=64, max_delay_ms=0)
+        await b.start()
+        blocker = asyncio.create_task(b.submit(_rows(1)))
+        await asyncio.sleep(0.1)
+        big = [asyncio.create_task(b.submit(np.arange(1000, dtype=np.float32) + k))
+               for k in range(4)]
+        await asyncio.sleep(0.02)
+        small = asyncio.create_task(b.submit(_rows(1, 5)))
+        await asyncio.sleep(0.02)
+        gate.set()
+        answers = await asyncio.gather(blocker, small, *big)
+        await b.stop()
+        return answers
+
+    answers = asyncio.run(main())
+    assert all(sum(batch) <= 64 for batch in batches)
+    assert batches[1][0] == 1 and len(batches[1]) == 5       # the small one, first, at once
+    assert answers[1].tolist() == [10.0]
+    for k, answer in enumerate(answers[2:]):
+        np.testing.assert_array_equal(answer, 2 * (np.arange(1000) + k))
+    assert sum(map(sum, batches)) == 1 + 1 + 4000
+
+
+@pytest.mark.parametrize("overhead, together", [(1.0, True), (1e-5, False)])
+def test_waits_for_more_only_where_a_batch_overhead_pays_for_it(overhead, together):
+    """A batch waits (up to max_delay_ms) only while arrival rate × a batch's overhead is more
+    than the requests in hand: a costly batch (1 s) under frequent arrivals waits for the
+    second request; a cheap one (10 µs) goes at once."""
+    batches: list[int] = []
+
+    def run(parts):
+        batches.append(len(parts))
+        return list(parts)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=64, max_delay_ms=500)
+        b.timer.overhead, b.timer.per_unit = overhead, 1e-6
+        await b.start()
+        b._gap = 0.001            # requests have been arriving every millisecond
+        first = asyncio.create_task(b.submit(_rows(1)))
+        await asyncio.sleep(0.05)
+        b._gap = 0.001
+        second = asyncio.create_task(b.submit(_rows(1)))
+        await asyncio.gather(first, second)
+        await b.stop()
+
+    asyncio.run(main())
+    assert batches == ([2] if together else [1, 1])
 
 
 def test_batch_timer_fits_overhead_and_cost_per_unit():
@@ -62,25 +147,25 @@ def test_retry_after_follows_the_work_queued_not_an_average():
     1,000 samples (≈ 8 s of work) says about 8 s, from the same recent history."""
     gate = threading.Event()
 
-    def run(items):
+    def run(parts):
         gate.wait(10)
-        return list(items)
+        return list(parts)
 
     async def refusal_when_queued(b: MicroBatcher, size: int) -> int:
         """Retry-After of the request refused when 4 of `size` samples wait behind one."""
         gate.clear()
-        blocker = asyncio.create_task(b.submit(np.zeros(1)))
+        blocker = asyncio.create_task(b.submit(_rows(1)))
         await asyncio.sleep(0.1)                      # running, stuck on the gate
-        queued = [asyncio.create_task(b.submit(np.zeros(size))) for _ in range(4)]
+        queued = [asyncio.create_task(b.submit(_rows(size))) for _ in range(4)]
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded) as refused:
-            await b.submit(np.zeros(1))
+            await b.submit(_rows(1))
         gate.set()
         await asyncio.gather(blocker, *queued)
         return refused.value.retry_after
 
     async def main():
-        b = MicroBatcher(run, max_batch_size=1, max_delay_ms=0, max_queue=4, cost=len)
+        b = MicroBatcher(run, max_batch_samples=1000, max_delay_ms=0, max_queue=4)
         for units in (1, 10, 100, 1000):
             b.timer.add(units, 0.002 * units)
         await b.start()
@@ -96,21 +181,23 @@ def test_retry_after_follows_the_work_queued_not_an_average():
 
 def test_a_batcher_whose_task_died_is_restarted_and_answers():
     async def main():
-        b = MicroBatcher(lambda items: [i + 1 for i in items], max_batch_size=4)
+        b = MicroBatcher(lambda parts: [p + 1 for p in parts], max_batch_samples=4)
         await b.start()
-        real_collect = b._collect
+        real_plan = b._plan
 
-        async def broken():
-            raise RuntimeError("a bug in the collecting loop")
+        def broken():
+            raise RuntimeError("a bug in the batching loop")
 
-        b._collect = broken
-        await asyncio.sleep(0.01)             # the task dies
+        b._plan = broken
+        dead_after = asyncio.create_task(b.submit(_rows(1, 41)))
+        await asyncio.sleep(0.05)             # the task dies on that request
         dead = not b.alive
-        b._collect = real_collect
-        answer = await asyncio.wait_for(b.submit(41), 5)   # restarted, not hung
+        b._plan = real_plan
+        answer = await asyncio.wait_for(b.submit(_rows(1, 1)), 5)   # restarted, not hung
+        first = await asyncio.wait_for(dead_after, 5)               # and the first is answered
         alive = b.alive
         await b.stop()
-        return dead, answer, alive
+        return dead, answer, first, alive
 
-    dead, answer, alive = asyncio.run(main())
-    assert dead and answer == 42 and alive
+    dead, answer, first, alive = asyncio.run(main())
+    assert dead and answer.tolist() == [2.0] and first.tolist() == [42.0] and alive
