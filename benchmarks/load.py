@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load_clients import (HOST, SAMPLES, Level, free_port, probe_latency, python_load,  # noqa: E402
+from load_clients import (SAMPLES, Level, probe_latency, python_load,  # noqa: E402
                           started_http, started_torchserve, wrk_load)
 
 
@@ -53,21 +53,38 @@ def in_process(model, seconds: float) -> list[Level]:
     return rows
 
 
-def ceiling(model, batch: int, seconds: float) -> list[Level]:
-    """Samples/s of the bare sessions at the server's batch size (no latents, no encoding)."""
+def ceiling(model_dir: str, batch: int, parallel: int, seconds: float) -> list[Level]:
+    """Samples/s of bare sessions (no latents, no encoding) at `batch` rows a call, `parallel`
+    calls at once on one onnxruntime thread each, as the HTTP service runs them."""
+    import threading
+
+    from ebgen import load_model
+
+    model = load_model(model_dir, device="cpu", threads=1)
     z = model.latents(batch, seed=1)
     x = model.generate_from_latents(z)
     rows = []
     for name, call in {"generate": lambda: model.generate_from_latents(z),
                        "score": lambda: model.energy(x)}.items():
         call()
-        lat, start = [], time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            t = time.perf_counter()
-            call()
-            lat.append(time.perf_counter() - t)
-        level = Level.of(f"ceiling (batch {batch})", name, 1, lat, time.perf_counter() - start)
-        level.samples_per_s = batch * len(lat) / (time.perf_counter() - start)
+        lat: list[float] = []
+        start = time.perf_counter()
+
+        def loop() -> None:
+            while time.perf_counter() - start < seconds:
+                t = time.perf_counter()
+                call()
+                lat.append(time.perf_counter() - t)
+
+        threads = [threading.Thread(target=loop) for _ in range(parallel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - start
+        level = Level.of(f"ceiling ({parallel} × batch {batch})", name, parallel, lat, wall)
+        level.req_per_s = len(lat) * batch / SAMPLES / wall
+        level.samples_per_s = batch * len(lat) / wall
         rows.append(level)
     return rows
 
@@ -146,6 +163,9 @@ def main() -> None:
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max_batch_delay.")
     p.add_argument("--ts-threads", type=int, default=None, help="onnxruntime threads per "
                    "TorchServe worker (default: cores / workers).")
+    p.add_argument("--max-queue", type=int, default=256, help="Queue per model of both engines "
+                   "(above the most clients, so no level is refused).")
+    p.add_argument("--ceiling-batch", type=int, default=64, help="Rows a call of the ceiling.")
     p.add_argument("--no-head-of-line", action="store_true")
     p.add_argument("--json", action="store_true", help="Also print the rows as JSON.")
     args = p.parse_args()
@@ -157,28 +177,26 @@ def main() -> None:
     from ebgen.sessions import serving_threads
 
     model_dir = str(resolve_model_path(args.model))
-    model = load_model(model_dir, device="cpu", threads=serving_threads(args.workers))
+    model = load_model(model_dir, device="cpu")  # as a user calls it: onnxruntime's threads
     x = model.generate(SAMPLES, seed=7)
     bodies = {"generate": ("application/json", json.dumps(
                   {"num_samples": SAMPLES, "seed": 1, "format": "npy"}).encode()),
               "score": ("application/x-npy", codecs.encode_npy(x))}
-    batch = 64
-    for flag, value in zip(args.serve_args.split()[::2], args.serve_args.split()[1::2]):
-        if flag == "--max-batch-samples":
-            batch = int(value)
-    rows = in_process(model, min(args.seconds, 5.0)) + ceiling(model, batch, 3.0)
+    rows = in_process(model, min(args.seconds, 5.0)) + ceiling(
+        model_dir, args.ceiling_batch, serving_threads(args.workers) * args.workers, 3.0)
     hol = None
     with tempfile.TemporaryDirectory(prefix="ebgen-load-"):
         for engine in args.engines.split(","):
             if engine == "http":
-                with started_http(model_dir, args.workers, args.serve_args.split()) as base:
+                extra = ["--max-queue", str(args.max_queue), *args.serve_args.split()]
+                with started_http(model_dir, args.workers, extra) as base:
                     urls = {"generate": f"{base}/generate", "score": f"{base}/score"}
                     rows += bench_engine(f"http ({args.workers}w)", urls, {}, bodies, args)
                     if not args.no_head_of_line:
                         hol = head_of_line(urls["generate"], {}, args)
             elif engine == "torchserve":
                 with started_torchserve(model_dir, args.workers, args.ts_batch, args.ts_delay_ms,
-                                        args.ts_threads) as (urls, headers):
+                                        args.ts_threads, args.max_queue) as (urls, headers):
                     name = f"torchserve ({args.workers}w, b{args.ts_batch}/{args.ts_delay_ms}ms)"
                     rows += bench_engine(name, urls, headers, bodies, args)
             else:

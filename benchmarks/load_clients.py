@@ -236,7 +236,8 @@ def started_http(model_dir: str, workers: int, extra: list[str]) -> Iterator[str
 
 @contextlib.contextmanager
 def started_torchserve(model_dir: str, workers: int, batch: int, delay_ms: int,
-                       threads: int | None) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+                       threads: int | None, max_queue: int = 64
+                       ) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """TorchServe with both archives on free ports; yields (URLs by endpoint, auth headers)."""
     from ebgen.serve.torchserve import TorchServe, TorchServeConfig
 
@@ -244,7 +245,7 @@ def started_torchserve(model_dir: str, workers: int, batch: int, delay_ms: int,
     cfg = TorchServeConfig(model_dir, port=port, management_port=port + 1, metrics_port=port + 2,
                            grpc_inference_port=grpc, grpc_management_port=grpc + 1,
                            workers=workers, max_batch_size=batch, max_delay_ms=delay_ms,
-                           threads=threads)
+                           threads=threads, max_queue=max_queue)
     with TorchServe(cfg) as ts:
         ts.wait_ready()
         yield {"generate": ts.url("generate"), "score": ts.url("score")}, ts.auth_headers()

@@ -20,9 +20,15 @@ from .options import device_option, model_arguments, pick_model
                    "gRPC inference and management on PORT+3 and PORT+4).")
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Worker processes (http) or workers per model (torchserve).")
-@click.option("--max-batch-samples", type=int, default=64, show_default=True,
+@click.option("--max-batch-samples", type=int, default=1024, show_default=True,
               help="http: most samples in one onnxruntime call; bigger requests run in chunks, "
                    "sharing batches evenly with the others.")
+@click.option("--max-batch-ms", type=float, default=4.0, show_default=True,
+              help="http: and no more samples than the running fit of batch time says take "
+                   "this long (keeps a small request behind big ones quick).")
+@click.option("--parallel-batches", type=int, default=None,
+              help="http: batches run at once per worker, each on --threads onnxruntime "
+                   "threads (default: the cores shared out among the workers).")
 @click.option("--max-batch-size", type=int, default=8, show_default=True,
               help="torchserve: most requests in one handler call (its batch_size).")
 @click.option("--max-delay-ms", type=float, default=None,
@@ -30,8 +36,9 @@ from .options import device_option, model_arguments, pick_model
                    "arrival rate says waiting pays, never when idle; torchserve (default 5): "
                    "its max_batch_delay, waited whenever a batch is not full.")
 @click.option("--threads", type=int, default=None,
-              help="onnxruntime threads per worker (default: the cores shared out evenly "
-                   "among the workers; or $EBGEN_THREADS).")
+              help="onnxruntime threads per batch (http, default 1) or per worker "
+                   "(torchserve, default: the cores shared out among the workers); "
+                   "$EBGEN_THREADS also sets TorchServe's.")
 @click.option("--max-queue", type=int, default=64, show_default=True,
               help="Requests waiting per model before 503 (http: with Retry-After; "
                    "torchserve: its job_queue_size).")
@@ -50,8 +57,9 @@ from .options import device_option, model_arguments, pick_model
                    "temporary folder)")
 @device_option()
 def serve_command(model, model_option, engine, host, port, workers, max_batch_samples,
-                  max_batch_size, max_delay_ms, threads, max_queue, max_samples, max_body_mb,
-                  max_connections, access_log, no_auth, workdir, device) -> None:
+                  max_batch_ms, parallel_batches, max_batch_size, max_delay_ms, threads,
+                  max_queue, max_samples, max_body_mb, max_connections, access_log, no_auth,
+                  workdir, device) -> None:
     """Serve generation and energy scoring over HTTP on 127.0.0.1.
 
     MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache
@@ -73,10 +81,12 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_sa
     from ebgen.serve.validation import Limits
 
     if min(workers, max_batch_samples, max_batch_size, max_queue, max_samples, max_connections,
-           threads or 1) < 1 or (max_delay_ms or 0) < 0:
+           threads or 1, parallel_batches or 1) < 1 or (max_delay_ms or 0) < 0 \
+            or max_batch_ms <= 0:
         raise click.UsageError("--workers, --max-batch-samples, --max-batch-size, --threads, "
-                               "--max-queue, --max-samples and --max-connections must be at "
-                               "least 1; --max-delay-ms at least 0")
+                               "--parallel-batches, --max-queue, --max-samples and "
+                               "--max-connections must be at least 1; --max-delay-ms at least "
+                               "0; --max-batch-ms above 0")
     limits = Limits(max_samples=max_samples, max_score_inputs=max(max_samples, 1024),
                     max_body_bytes=int(max_body_mb * 2**20))
     path = str(resolve_model_path(pick_model(model, model_option)))
@@ -99,8 +109,9 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_sa
     click.echo(f"ebgen HTTP service on http://{host}:{port}: POST /generate, POST /score, "
                f"/v2/models/{{generator,energy}}/infer, GET /metrics; Ctrl-C stops")
     run_http(ServeConfig(path, host=host, port=port, workers=workers, device=device,
-                         max_batch_samples=max_batch_samples,
+                         max_batch_samples=max_batch_samples, max_batch_ms=max_batch_ms,
                          max_delay_ms=2.0 if max_delay_ms is None else max_delay_ms,
-                         max_queue=max_queue, threads=threads,
+                         max_queue=max_queue, parallel_batches=parallel_batches,
+                         threads=threads or 1,
                          max_connections=max_connections, access_log=access_log,
                          limits=limits))

@@ -26,18 +26,19 @@ log = logging.getLogger("uvicorn.error")  # shown by uvicorn's own log setup
 class Backend:
     """The model (loaded at start unless given), a micro-batcher per network, the limits."""
 
-    def __init__(self, model_path: str, device: str, limits: Limits, max_batch_samples: int,
-                 max_delay_ms: float, max_queue: int, model: Any = None,
-                 on_batch: Callable[[str, int], None] | None = None,
+    def __init__(self, model_path: str, device: str, limits: Limits, batching: dict[str, Any],
+                 model: Any = None, on_batch: Callable[[str, int], None] | None = None,
                  threads: int | None = None) -> None:
+        """`batching`: `MicroBatcher` keywords (max_batch_samples, max_batch_ms, max_delay_ms,
+        max_queue, parallel_batches), the same for both networks."""
         self.model_path, self.device, self.limits = model_path, device, limits
         self.model, self.threads = model, threads
         self.ready = False
         runs = {"generator": service.run_generator_batch, "energy": service.run_energy_batch}
         self.batchers: dict[str, MicroBatcher] = {}  # one per network, by the routes' names
         for name, run in runs.items():
-            b = MicroBatcher(lambda parts, run=run: run(self.model, parts),
-                             max_batch_samples, max_delay_ms, max_queue, name=name)
+            b = MicroBatcher(lambda parts, run=run: run(self.model, parts), name=name,
+                             **batching)
             if on_batch is not None:
                 b.on_batch = lambda n, seconds, name=name: on_batch(name, n)
             self.batchers[name] = b

@@ -1,10 +1,13 @@
 """An asyncio micro-batcher: concurrent requests' arrays become shared onnxruntime calls.
 
-A request is an array of samples (rows). One worker task runs batches, one at a time, in a
-worker thread (so the event loop keeps accepting requests), and schedules them so:
+A request is an array of samples (rows). One task schedules batches and runs up to
+`parallel_batches` of them at once in worker threads (so the event loop keeps accepting
+requests; on a CPU, batches side by side on one onnxruntime thread each beat one batch on
+several threads, whose small ops parallelise poorly), so that:
 
-- **No idle tax.** When nothing runs and nothing waits, a request starts at once.
-- **What queued while a batch ran goes in the next one**, up to `max_batch_samples` rows.
+- **No idle tax.** When a batch slot is free and nothing waits, a request starts at once.
+- **What queued while the batches ran goes in the next one**, up to `max_batch_samples` rows
+  and no more than fit in `max_batch_ms` by the running fit of batch time (`BatchTimer`).
 - **Fair shares, in samples.** The next batch's rows are shared out evenly among the waiting
   requests (smallest first, each taking at most its share), so a big request runs in chunks
   and a small one behind it waits about one batch, not for every big request ahead of it.
@@ -87,15 +90,17 @@ class BatchTimer:
 @dataclass(eq=False)
 class _Entry:
     """One request: its rows, its caller's future, the rows handed to batches so far and the
-    answers of those that ran."""
+    answers of those that ran, by first row."""
 
     item: np.ndarray
     future: asyncio.Future
     taken: int = 0
-    parts: list[np.ndarray] = field(default_factory=list)
+    parts: dict[int, np.ndarray] = field(default_factory=dict)
+    answered: int = 0
 
     @property
     def left(self) -> int:
+        """Rows not yet handed to a batch."""
         return len(self.item) - self.taken
 
 
@@ -109,23 +114,31 @@ class MicroBatcher:
     """
 
     def __init__(self, run_batch: Callable[[list[np.ndarray]], Sequence[np.ndarray | BaseException]],
-                 max_batch_samples: int = 64, max_delay_ms: float = 0.0, max_queue: int = 64,
-                 name: str = "batch"):
-        if max_batch_samples < 1 or max_queue < 1 or max_delay_ms < 0:
-            raise ValueError("need max_batch_samples >= 1, max_queue >= 1, max_delay_ms >= 0")
+                 max_batch_samples: int = 1024, max_delay_ms: float = 0.0, max_queue: int = 64,
+                 name: str = "batch", max_batch_ms: float | None = None,
+                 parallel_batches: int = 1):
+        if max_batch_samples < 1 or max_queue < 1 or max_delay_ms < 0 or parallel_batches < 1 \
+                or (max_batch_ms is not None and max_batch_ms <= 0):
+            raise ValueError("need max_batch_samples >= 1, max_queue >= 1, max_delay_ms >= 0, "
+                             "parallel_batches >= 1 and max_batch_ms > 0")
         self.run_batch = run_batch
         self.max_batch_samples = max_batch_samples
+        self.max_batch_s = None if max_batch_ms is None else max_batch_ms / 1000.0
+        self.parallel_batches = parallel_batches
         self.max_delay = max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.name = name
         self._pending: list[_Entry] = []  # arrival order
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ebgen-{name}")
-        self.timer = BatchTimer()
+        self._pool = ThreadPoolExecutor(max_workers=parallel_batches,
+                                        thread_name_prefix=f"ebgen-{name}")
+        self._slots: asyncio.Semaphore | None = None
+        self._warm = False
+        self._batches: dict[asyncio.Task, tuple[float, float]] = {}  # running: (start, predicted)
+        self.timer = BatchTimer(overhead=1e-4, per_unit=1e-5)
         self._gap = 1.0  # running mean of seconds between arrivals
         self._last_arrival = time.perf_counter()
-        self._running: tuple[float, float] | None = None  # (start, predicted seconds) of a batch
         #: Called after every batch with (number of requests in it, seconds); for metrics.
         self.on_batch: Callable[[int, float], None] | None = None
 
@@ -149,6 +162,7 @@ class MicroBatcher:
             self._task = None
         if self._task is None:
             self._wake = self._wake or asyncio.Event()
+            self._slots = asyncio.Semaphore(self.parallel_batches - len(self._batches))
             self._task = asyncio.create_task(self._loop(), name=f"ebgen-{self.name}-batcher")
 
     async def stop(self) -> None:
@@ -162,6 +176,8 @@ class MicroBatcher:
             except Exception:  # it had died already: nothing left to stop
                 pass
             self._task = None
+        for batch in list(self._batches):
+            batch.cancel()
         for entry in self._pending:
             if not entry.future.done():
                 entry.future.set_exception(Overloaded(1, "server is shutting down"))
@@ -187,20 +203,28 @@ class MicroBatcher:
 
     def retry_after(self) -> int:
         """Whole seconds (≥ 1) until what is queued now, and the batch running, are through."""
-        left = 0.0
-        if self._running is not None:
-            start, predicted = self._running
-            left = max(0.0, predicted - (time.perf_counter() - start))
+        now = time.perf_counter()
+        running = [max(0.0, predicted - (now - start)) for start, predicted
+                   in self._batches.values()]
         rows = sum(entry.left for entry in self._pending)
-        left += self.timer.seconds(rows, -(-rows // self.max_batch_samples))
+        queued = self.timer.seconds(rows, -(-rows // self.batch_rows()))
+        left = (sum(running) + queued) / self.parallel_batches
         return max(1, math.ceil(left))
+
+    def batch_rows(self) -> int:
+        """Rows the next batch may hold: `max_batch_samples`, and no more than fit in
+        `max_batch_ms` by the running fit (at least one)."""
+        if self.max_batch_s is None:
+            return self.max_batch_samples
+        fit = (self.max_batch_s - self.timer.overhead) / max(self.timer.per_unit, 1e-9)
+        return int(max(1, min(self.max_batch_samples, fit)))
 
     def _plan(self) -> list[tuple[_Entry, int, int]]:
         """The next batch: (request, first row, end row) per part, rows shared out evenly,
         smallest request first. Requests whose callers have gone are dropped here."""
         self._pending = [e for e in self._pending if not e.future.done()]
-        room, plan = self.max_batch_samples, []
-        by_size = sorted(self._pending, key=lambda e: e.left)
+        room, plan = self.batch_rows(), []
+        by_size = sorted((e for e in self._pending if e.left > 0), key=lambda e: e.left)
         for i, entry in enumerate(by_size):
             if room <= 0:
                 break
@@ -216,8 +240,8 @@ class MicroBatcher:
         if self.max_delay <= 0:
             return
         deadline = time.perf_counter() + self.max_delay
-        while sum(e.left for e in self._pending) < self.max_batch_samples:
-            if self.timer.overhead / max(self._gap, 1e-6) < len(self._pending):
+        while sum(e.left for e in self._pending) < self.batch_rows():
+            if self.timer.overhead / max(self._gap, 1e-6) < self.queued:
                 return
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -229,46 +253,61 @@ class MicroBatcher:
                 return
 
     async def _loop(self) -> None:
-        """Wait for requests, run batches in the worker thread, hand out answers; forever."""
-        loop = asyncio.get_running_loop()
+        """Wait for requests and a free slot, plan a batch, start it; forever."""
         while True:
-            while not self._pending:
+            while not self.queued:
                 self._wake.clear()
                 await self._wake.wait()
-            await self._fill()
-            plan = self._plan()
+            await self._slots.acquire()
+            try:
+                await self._fill()
+                plan = self._plan()
+            except BaseException:
+                self._slots.release()
+                raise
             if not plan:
+                self._slots.release()
                 continue
             rows = sum(stop - start for _, start, stop in plan)
-            start_time = time.perf_counter()
-            self._running = (start_time, self.timer.seconds(rows, 1))
-            try:
-                answers = await loop.run_in_executor(
-                    self._pool, self.run_batch, [e.item[a:b] for e, a, b in plan])
-                if len(answers) != len(plan):
-                    raise RuntimeError(f"{self.name}: {len(answers)} answers for "
-                                       f"{len(plan)} parts")
-                self.timer.add(rows, time.perf_counter() - start_time)
-            except Exception as err:  # noqa: BLE001 - handed to every request of the batch
-                log.exception("%s batch of %d parts failed", self.name, len(plan))
-                answers = [err] * len(plan)
-            finally:
-                self._running = None
-            if self.on_batch is not None:
-                self.on_batch(len(plan), time.perf_counter() - start_time)
-            for (entry, _, _), answer in zip(plan, answers):
-                self._answer(entry, answer)
+            batch = asyncio.create_task(self._run(plan, rows, self._slots))
+            self._batches[batch] = (time.perf_counter(), self.timer.seconds(rows, 1))
 
-    def _answer(self, entry: _Entry, answer: np.ndarray | BaseException) -> None:
+    async def _run(self, plan: list[tuple[_Entry, int, int]], rows: int,
+                   slots: asyncio.Semaphore) -> None:
+        """One batch in a worker thread; its answers handed out, its slot freed."""
+        start = time.perf_counter()
+        try:
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self.run_batch, [e.item[a:b] for e, a, b in plan])
+            if len(answers) != len(plan):
+                raise RuntimeError(f"{self.name}: {len(answers)} answers for {len(plan)} parts")
+            if self._warm:
+                self.timer.add(rows, time.perf_counter() - start)
+            self._warm = True  # a first call (allocations, caches) is no guide to the rest
+        except Exception as err:  # noqa: BLE001 - handed to every request of the batch
+            log.exception("%s batch of %d parts failed", self.name, len(plan))
+            answers = [err] * len(plan)
+        finally:
+            self._batches.pop(asyncio.current_task(), None)
+            slots.release()
+        if self.on_batch is not None:
+            self.on_batch(len(plan), time.perf_counter() - start)
+        for (entry, first, stop), answer in zip(plan, answers):
+            self._answer(entry, first, stop, answer)
+
+    def _answer(self, entry: _Entry, first: int, stop: int,
+                answer: np.ndarray | BaseException) -> None:
         """Keep one part's answer; a request whose parts are all in (or one failed) is done."""
         if entry.future.done():
             return
         if isinstance(answer, BaseException):
             entry.future.set_exception(answer)
         else:
-            entry.parts.append(answer)
-            if entry.left > 0:
+            entry.parts[first] = answer
+            entry.answered += stop - first
+            if entry.answered < len(entry.item):
                 return
-            entry.future.set_result(entry.parts[0] if len(entry.parts) == 1
-                                    else np.concatenate(entry.parts))
-        self._pending.remove(entry)
+            parts = [entry.parts[k] for k in sorted(entry.parts)]
+            entry.future.set_result(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        if entry in self._pending:
+            self._pending.remove(entry)

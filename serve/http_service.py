@@ -61,10 +61,13 @@ class ServeConfig:
     port: int = 8080
     workers: int = 1
     device: str = "auto"
-    max_batch_samples: int = 64   # rows per onnxruntime call (README: the table that chose it)
+    # Batching (`ebgen.serve.batching`; README "Serving speed": the measurements that chose it)
+    max_batch_samples: int = 1024  # rows per onnxruntime call at most
+    max_batch_ms: float = 4.0     # and no more than the running fit says take this long
     max_delay_ms: float = 2.0     # ceiling on waiting for a batch, taken only where it pays
     max_queue: int = 64
-    threads: int | None = None    # onnxruntime threads per session (None: cores / workers)
+    parallel_batches: int | None = None  # batches at once per worker (None: cores / workers)
+    threads: int = 1              # onnxruntime threads per batch
     max_connections: int = 256    # per worker; uvicorn answers 503 beyond
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
@@ -193,10 +196,12 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     """The FastAPI app for `config` (loading `config.model` at start unless `model` is given):
     a `Backend`, the REST and v2 routes over it, one-line JSON errors, metrics."""
     metrics = _Metrics()
-    backend = Backend(config.model, config.device, config.limits, config.max_batch_samples,
-                      config.max_delay_ms, config.max_queue, model=model,
+    batching = dict(max_batch_samples=config.max_batch_samples, max_batch_ms=config.max_batch_ms,
+                    max_delay_ms=config.max_delay_ms, max_queue=config.max_queue,
+                    parallel_batches=config.parallel_batches or serving_threads(config.workers))
+    backend = Backend(config.model, config.device, config.limits, batching, model=model,
                       on_batch=lambda name, n: metrics.batch.labels(name).observe(n),
-                      threads=config.threads or serving_threads(config.workers))
+                      threads=config.threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

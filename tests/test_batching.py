@@ -201,3 +201,57 @@ def test_a_batcher_whose_task_died_is_restarted_and_answers():
 
     dead, answer, first, alive = asyncio.run(main())
     assert dead and answer.tolist() == [2.0] and first.tolist() == [42.0] and alive
+
+
+def test_parallel_batches_run_side_by_side_and_chunks_rejoin_in_order():
+    """With two slots, a second request starts while the first still runs; a request cut into
+    chunks gets them back in row order even when a later chunk finishes first."""
+    inside = threading.Semaphore(0)
+    release = {0: threading.Event(), 1: threading.Event()}
+    calls = []
+
+    def run(parts):
+        index = len(calls)
+        calls.append([len(p) for p in parts])
+        inside.release()
+        if index in release:
+            release[index].wait(5)
+        return [p + 100 for p in parts]
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=4, max_delay_ms=0, parallel_batches=2)
+        await b.start()
+        big = asyncio.create_task(b.submit(np.arange(8, dtype=np.float32)))
+        both_in = await asyncio.to_thread(lambda: inside.acquire(timeout=5)
+                                          and inside.acquire(timeout=5))
+        release[1].set()                     # the second chunk finishes first
+        await asyncio.sleep(0.05)
+        release[0].set()
+        answer = await asyncio.wait_for(big, 5)
+        await b.stop()
+        return both_in, answer
+
+    both_in, answer = asyncio.run(main())
+    assert both_in and calls[:2] == [[4], [4]]
+    np.testing.assert_array_equal(answer, np.arange(8) + 100)
+
+
+def test_a_batch_holds_no_more_rows_than_fit_in_its_time_budget():
+    batches: list[int] = []
+
+    def run(parts):
+        batches.append(sum(len(p) for p in parts))
+        return list(parts)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=1000, max_batch_ms=10, max_delay_ms=0)
+        b.timer.overhead, b.timer.per_unit = 0.0, 0.001      # a row costs 1 ms: 10 a batch
+        b.timer.add = lambda units, seconds: None             # keep that fit
+        await b.start()
+        answer = await b.submit(np.arange(35, dtype=np.float32))
+        await b.stop()
+        return answer
+
+    answer = asyncio.run(main())
+    assert batches == [10, 10, 10, 5]
+    np.testing.assert_array_equal(answer, np.arange(35))

@@ -266,7 +266,10 @@ def test_requests_whose_clients_hung_up_are_never_computed(model, tiny_model_dir
     from ebgen.serve.http_service import ServeConfig, create_app
 
     slow = _SlowGenerator(model)
-    config = ServeConfig(str(tiny_model_dir), max_batch_samples=64, max_delay_ms=0)
+    # one slot, so the others queue behind the first; no time budget, which the fake 0.8 s
+    # a batch would turn into one-row batches
+    config = ServeConfig(str(tiny_model_dir), max_batch_samples=64, max_delay_ms=0,
+                         parallel_batches=1, max_batch_ms=1e6)
     with _in_process_server(create_app(config, model=slow)) as base:
         url = urlparse(base)
         body = b'{"num_samples": 64, "seed": 1, "format": "npy"}'
