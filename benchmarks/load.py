@@ -154,15 +154,17 @@ def main() -> None:
     p.add_argument("--engines", default="http,torchserve")
     p.add_argument("--clients", default="1,8,32,128")
     p.add_argument("--seconds", type=float, default=10.0, help="Duration of each level.")
-    p.add_argument("--workers", type=int, default=1, help="Server workers (per model).")
+    p.add_argument("--workers", type=int, default=1, help="HTTP service worker processes.")
     p.add_argument("--client", choices=["wrk", "python"], default=None,
                    help="Load generator (default: wrk when on PATH).")
     p.add_argument("--serve-args", default="", help="Extra `ebgen serve` options for the HTTP "
                    "engine, e.g. '--max-batch-samples 128 --threads 1'.")
+    p.add_argument("--ts-workers", type=int, default=2, help="TorchServe workers per model "
+                   "(its best measured here: 2, one onnxruntime thread each).")
     p.add_argument("--ts-batch", type=int, default=8, help="TorchServe batch_size.")
     p.add_argument("--ts-delay-ms", type=int, default=5, help="TorchServe max_batch_delay.")
     p.add_argument("--ts-threads", type=int, default=None, help="onnxruntime threads per "
-                   "TorchServe worker (default: cores / workers).")
+                   "TorchServe worker (default: cores / its workers).")
     p.add_argument("--max-queue", type=int, default=256, help="Queue per model of both engines "
                    "(above the most clients, so no level is refused).")
     p.add_argument("--ceiling-batch", type=int, default=64, help="Rows a call of the ceiling.")
@@ -195,9 +197,11 @@ def main() -> None:
                     if not args.no_head_of_line:
                         hol = head_of_line(urls["generate"], {}, args)
             elif engine == "torchserve":
-                with started_torchserve(model_dir, args.workers, args.ts_batch, args.ts_delay_ms,
-                                        args.ts_threads, args.max_queue) as (urls, headers):
-                    name = f"torchserve ({args.workers}w, b{args.ts_batch}/{args.ts_delay_ms}ms)"
+                with started_torchserve(model_dir, args.ts_workers, args.ts_batch,
+                                        args.ts_delay_ms, args.ts_threads,
+                                        args.max_queue) as (urls, headers):
+                    name = (f"torchserve ({args.ts_workers}w, b{args.ts_batch}/"
+                            f"{args.ts_delay_ms}ms)")
                     rows += bench_engine(name, urls, headers, bodies, args)
             else:
                 raise SystemExit(f"unknown engine {engine!r}: http or torchserve")

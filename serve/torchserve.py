@@ -232,7 +232,7 @@ class TorchServe:
             ping, body = local_request("GET", self.url(api="ping"), self.auth_headers())
             if ping == 200 and b"Healthy" in body:
                 gen, _ = local_request("POST", self.url("generate"), self.auth_headers(),
-                               b'{"num_samples": 1, "seed": 0}')
+                               b'{"num_samples": 1, "seed": 0, "format": "npy"}')
                 score, _ = local_request("POST", self.url("score"), self.auth_headers(),
                                  b'{"instances": [[[0.0]]]}')
                 if gen == 200 and score in (200, 422):

@@ -249,3 +249,26 @@ def test_torchserve_frontend_refuses_bad_form_bodies_itself(ts, client):
                     headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code == 500 and "ErrorDataDecoderException" in r.text
     assert client.post(ts.url("generate"), json={"seed": 1}).status_code == 200
+
+
+def test_a_points_model_becomes_ready_and_answers(tmp_path):
+    """The readiness probe asked for a PNG, which a points model refuses (422): `ebgen serve
+    ring --engine torchserve` waited until its start-up timeout. It asks for .npy now."""
+    from ebgen import load_model, resolve_model_path
+    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+
+    ring = resolve_model_path("ring")
+    port = free_port(5)
+    cfg = TorchServeConfig(str(ring), port=port, management_port=port + 1,
+                           metrics_port=port + 2, grpc_inference_port=port + 3,
+                           grpc_management_port=port + 4, workdir=str(tmp_path / "ts"))
+    with TorchServe(cfg) as server:
+        server.wait_ready(150)
+        with httpx.Client(headers=server.auth_headers(), timeout=60) as c:
+            r = c.post(server.url("generate"), json={"num_samples": 5, "seed": 2,
+                                                     "format": "npy"})
+            x = np.load(io.BytesIO(r.content))
+            scored = c.post(server.url("score"), content=codecs.encode_npy(x)).json()
+    model = load_model(ring, device="cpu")
+    np.testing.assert_allclose(x, model.generate(5, 2), atol=1e-5)
+    np.testing.assert_allclose(scored["energy"], model.energy(x), rtol=1e-4, atol=1e-4)

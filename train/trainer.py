@@ -59,7 +59,9 @@ class Trainer:
         energy, generator = self._networks(resume)
         energy.to(self.device).train()
         generator.to(self.device).train()
-        self.energy_opt, self.generator_opt = _optimizers(config, energy, generator)
+        self.energy_opt = _adam_like(config, energy.parameters(), config.train.lr_energy,
+                                     config.train.weight_decay)
+        self.generator_opt = _adam_like(config, generator.parameters(), config.train.lr_generator)
         self.statistics: torch.nn.Module | None = None
         if "mi" in (config.train.entropy, config.train.calibrate_entropy) \
                 and config.train.objective == "ddgm":
@@ -311,13 +313,6 @@ def _adam_like(config: Config, params, lr: float, weight_decay: float = 0.0
         return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2),
                                 weight_decay=weight_decay)
     return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
-
-
-def _optimizers(config: Config, energy: torch.nn.Module, generator: torch.nn.Module
-                ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    cfg = config.train
-    return (_adam_like(config, energy.parameters(), cfg.lr_energy, cfg.weight_decay),
-            _adam_like(config, generator.parameters(), cfg.lr_generator))
 
 
 def _check_fresh_out_dir(out_dir: Path) -> None:
