@@ -11,6 +11,8 @@ several threads, whose small ops parallelise poorly), so that:
 - **Fair shares, in samples.** The next batch's rows are shared out evenly among the waiting
   requests (smallest first, each taking at most its share), so a big request runs in chunks
   and a small one behind it waits about one batch, not for every big request ahead of it.
+- **Tiny batches inline.** A batch predicted to take under `INLINE_BATCH_S` runs on the event
+  loop, not in a thread: the hop there and back costs more (2-D models).
 - **Waiting only where it pays.** With `max_delay_ms` > 0, a batch that is not full waits for
   more requests only while the arrival rate × one batch's fixed cost (`BatchTimer`) exceeds the
   requests in hand: a request that joins saves a batch's overhead; each waiting costs its
@@ -41,6 +43,9 @@ import numpy as np
 from .validation import RequestError
 
 log = logging.getLogger(__name__)
+#: A batch the running fit says takes at most this long runs on the event loop itself: less
+#: than a hop to a worker thread and back (a 2-D model's batches take tens of microseconds).
+INLINE_BATCH_S = 2e-4
 
 
 class Overloaded(RequestError):
@@ -277,12 +282,16 @@ class MicroBatcher:
         """One batch in a worker thread; its answers handed out, its slot freed."""
         start = time.perf_counter()
         try:
-            answers = await asyncio.get_running_loop().run_in_executor(
-                self._pool, self.run_batch, [e.item[a:b] for e, a, b in plan])
+            parts = [e.item[a:b] for e, a, b in plan]
+            if self._warm and self.timer.seconds(rows, 1) <= INLINE_BATCH_S:
+                answers, seconds = self._timed(parts)  # quicker than a hop to a thread and back
+            else:
+                answers, seconds = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._timed, parts)
             if len(answers) != len(plan):
                 raise RuntimeError(f"{self.name}: {len(answers)} answers for {len(plan)} parts")
             if self._warm:
-                self.timer.add(rows, time.perf_counter() - start)
+                self.timer.add(rows, seconds)
             self._warm = True  # a first call (allocations, caches) is no guide to the rest
         except Exception as err:  # noqa: BLE001 - handed to every request of the batch
             log.exception("%s batch of %d parts failed", self.name, len(plan))
@@ -294,6 +303,12 @@ class MicroBatcher:
             self.on_batch(len(plan), time.perf_counter() - start)
         for (entry, first, stop), answer in zip(plan, answers):
             self._answer(entry, first, stop, answer)
+
+    def _timed(self, parts: list[np.ndarray]) -> tuple[Sequence, float]:
+        """`run_batch(parts)` and the seconds it took itself (no thread hops)."""
+        start = time.perf_counter()
+        answers = self.run_batch(parts)
+        return answers, time.perf_counter() - start
 
     def _answer(self, entry: _Entry, first: int, stop: int,
                 answer: np.ndarray | BaseException) -> None:

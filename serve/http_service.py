@@ -1,7 +1,7 @@
 """The built-in HTTP service (FastAPI + uvicorn): `ebgen serve MODEL` with no JVM.
 
-Here: the config, the REST routes, metrics, and `create_app`, which wires a `Backend` (model,
-micro-batchers, limits: `ebgen.serve.backend`) to the REST routes and the v2 routes
+Here: the config, metrics, and `create_app`, which wires a `Backend` (model, micro-batchers,
+limits: `ebgen.serve.backend`) to the REST routes (`ebgen.serve.rest`) and the v2 routes
 (`ebgen.serve.v2`). Endpoints (REST bodies in `ebgen.serve.service`):
 
     GET  /v2/health/live, /v2/health/ready     Open Inference Protocol v2 (KServe, Triton)
@@ -34,22 +34,20 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ebgen import __version__
 from ebgen.sessions import serving_threads
 
-from . import codecs, lifeline, service, v2
+from . import lifeline, service, v2
 from .backend import Backend, log
+from .rest import ENDPOINT_KEY, RestRoutes
 from .validation import Limits, RequestError
 
 CONFIG_ENV = "EBGEN_SERVE_CONFIG"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The pid of a multi-worker server's supervisor, which its workers watch.
 SUPERVISOR_ENV = "EBGEN_SERVE_SUPERVISOR"
-#: .npy score bodies up to this size are decoded on the event loop (a header parse and a copy).
-INLINE_DECODE_BYTES = 1 << 20
 
 
 @dataclass
@@ -141,7 +139,7 @@ class _Counted:
                 raise
             await _error(RequestError(500, f"internal error: {type(err).__name__}"))(
                 scope, receive, send_counted)
-        endpoint = getattr(scope.get("route"), "path", "other")
+        endpoint = scope.get(ENDPOINT_KEY) or getattr(scope.get("route"), "path", "other")
         self.metrics.requests.labels(endpoint, str(status[0])).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
         for name, batcher in self.backend.batchers.items():
@@ -157,32 +155,9 @@ def _error(err: RequestError) -> Response:
     return _response(service.Reply.error(err))
 
 
-def rest_router(backend: Backend, metrics: _Metrics) -> APIRouter:
-    """`POST /generate`, `POST /score` (TorchServe's handler bodies) and `GET /metrics`."""
+def metrics_router(metrics: _Metrics) -> APIRouter:
+    """`GET /metrics` (Prometheus)."""
     routes = APIRouter()
-
-    @routes.post("/generate")
-    async def generate(request: Request):
-        params = service.parse_generate(await backend.body(request), backend.limits)
-        z = service.latents_for(backend.model, params)
-        x = await backend.run("generator", request, z)
-        if params.format == "npy":  # a header and a copy: cheaper than a thread hop
-            return _response(service.encode_generate(backend.model, params, x))
-        return _response(await run_in_threadpool(service.encode_generate, backend.model,
-                                                 params, x))
-
-    @routes.post("/score")
-    async def score(request: Request):
-        body = await backend.body(request)
-        # .npy bytes decode in microseconds; images and JSON decode off the event loop, which
-        # keeps answering health checks meanwhile
-        if codecs.sniff(body) == "npy" and len(body) <= INLINE_DECODE_BYTES:
-            x = service.decode_score_request(body, backend.model, backend.limits)
-        else:
-            x = await run_in_threadpool(service.decode_score_request, body, backend.model,
-                                        backend.limits)
-        energies = await backend.run("energy", request, x)
-        return _response(service.Reply.json(service.score_result(backend.model, energies)))
 
     @routes.get("/metrics")
     async def prometheus():
@@ -227,9 +202,10 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
     async def validation_error(request: Request, err: RequestValidationError):
         return _error(RequestError(422, "invalid request"))
 
-    app.include_router(rest_router(backend, metrics))
+    app.include_router(metrics_router(metrics))
     app.include_router(v2.router(backend))
-    app.add_middleware(_Counted, metrics=metrics, backend=backend)
+    app.add_middleware(RestRoutes, backend=backend)         # POST /generate, POST /score
+    app.add_middleware(_Counted, metrics=metrics, backend=backend)  # outermost: counts all
     return app
 
 
