@@ -142,6 +142,10 @@ def test_concurrent_requests_agree_and_metrics_count_them(server, model):
     assert 'ebgen_requests_total{endpoint="/generate",status="200"}' in text
     assert "ebgen_batch_size_bucket" in text and "ebgen_request_seconds" in text
     assert server.get("/nowhere").json() == {"error": "no such endpoint GET /nowhere"}
+    wrong = server.get("/generate")                          # the plain-ASGI REST routes
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
+    assert 'ebgen_requests_total{endpoint="/generate",status="405"} 1.0' in \
+        server.get("/metrics").text
     empty = server.post("/generate", content=b"")             # empty body: the defaults
     assert empty.status_code == 200 and empty.headers["content-type"] == "image/png"
 
