@@ -23,7 +23,7 @@ from .options import device_option, model_arguments, pick_model
 @click.option("--max-batch-samples", type=int, default=1024, show_default=True,
               help="http: most samples in one onnxruntime call; bigger requests run in chunks, "
                    "sharing batches evenly with the others.")
-@click.option("--max-batch-ms", type=float, default=4.0, show_default=True,
+@click.option("--max-batch-ms", type=float, default=2.0, show_default=True,
               help="http: and no more samples than the running fit of batch time says take "
                    "this long (keeps a small request behind big ones quick).")
 @click.option("--parallel-batches", type=int, default=None,

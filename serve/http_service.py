@@ -61,7 +61,7 @@ class ServeConfig:
     device: str = "auto"
     # Batching (`ebgen.serve.batching`; README "Serving speed": the measurements that chose it)
     max_batch_samples: int = 1024  # rows per onnxruntime call at most
-    max_batch_ms: float = 4.0     # and no more than the running fit says take this long
+    max_batch_ms: float = 2.0     # and no more than the running fit says take this long
     max_delay_ms: float = 2.0     # ceiling on waiting for a batch, taken only where it pays
     max_queue: int = 64
     parallel_batches: int | None = None  # batches at once per worker (None: cores / workers)
