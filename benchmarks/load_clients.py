@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from ebgen.sessions import available_cores
+
 HOST = "127.0.0.1"  # the only address these ever send to
 SAMPLES = 16
 
@@ -77,13 +79,6 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError("no free ports")
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _run_measured(cmd: list[str]) -> tuple[str, float, float]:
     """Run `cmd`; its stdout, wall seconds and CPU seconds (user + system)."""
     start = time.perf_counter()
@@ -131,7 +126,7 @@ def wrk_load(url: str, body: bytes, content_type: str, headers: dict[str, str], 
     duration = int(duration_us) / 1e6
     return Level("", "", clients, ok, int(status_errors) + int(socket_errors),
                  float(p50_us) / 1e3, float(p99_us) / 1e3, ok / duration,
-                 SAMPLES * ok / duration, cpu / (wall * _cores()))
+                 SAMPLES * ok / duration, cpu / (wall * available_cores()))
 
 
 def python_load(url: str, body: bytes, content_type: str, headers: dict[str, str],
@@ -144,7 +139,7 @@ def python_load(url: str, body: bytes, content_type: str, headers: dict[str, str
                                         str(clients), str(seconds), json.dumps(headers)])
     result = json.loads(out.strip().splitlines()[-1])
     level = Level.of("", "", clients, result["latencies"], result["wall"], result["errors"])
-    level.client_cpu = cpu / (wall * _cores())
+    level.client_cpu = cpu / (wall * available_cores())
     return level
 
 

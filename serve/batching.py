@@ -192,6 +192,8 @@ class MicroBatcher:
     async def submit(self, item: np.ndarray) -> np.ndarray:
         """Queue `item` (rows along axis 0) and wait for its answer; 503 (`Overloaded`) when
         `max_queue` requests wait already."""
+        if len(item) == 0:  # no rows would ever be planned for it: it would wait forever
+            raise ValueError(f"{self.name}: a request needs at least one row")
         if not self.alive:
             await self.start()
         if self.queued >= self.max_queue:

@@ -255,3 +255,13 @@ def test_a_batch_holds_no_more_rows_than_fit_in_its_time_budget():
     answer = asyncio.run(main())
     assert batches == [10, 10, 10, 5]
     np.testing.assert_array_equal(answer, np.arange(35))
+
+
+def test_an_empty_request_is_refused_not_left_waiting():
+    async def main():
+        b = MicroBatcher(lambda parts: list(parts))
+        with pytest.raises(ValueError, match="at least one row"):
+            await asyncio.wait_for(b.submit(np.zeros((0, 2), np.float32)), 5)
+        await b.stop()
+
+    asyncio.run(main())
