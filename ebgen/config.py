@@ -22,7 +22,7 @@ OBJECTIVES = ("ddgm", "gan")
 OPTIMIZERS = ("adam", "adagrad")
 ENTROPY_ESTIMATES = ("bn", "mi", "knn")
 LATENTS = ("uniform", "normal")
-ENERGY_ACTIVATIONS = ("leaky_relu", "silu")
+ENERGY_ACTIVATIONS = ("leaky_relu", "smooth_leaky_relu", "silu")
 #: Formats `DataConfig.dataset` names for data read from `path`.
 FILE_FORMATS = ("points", "mnist", "cifar10", "images")
 #: Data sets generated in code (the 2-D sets and the synthetic `shapes` images).
@@ -60,7 +60,9 @@ class ModelConfig:
     noise_std: float = opt(0.01, "Noise on the generator's hidden pre-activations (training).")
     energy_activation: str = opt("leaky_relu", "The energy's hidden activation: leaky_relu "
                                                "(piecewise linear: each well is a cone, with "
-                                               "Laplace-like tails) or silu (smooth wells; "
+                                               "Laplace-like tails), smooth_leaky_relu "
+                                               "(0.2x + 0.8 softplus(x): the same slopes, "
+                                               "smooth at 0) or silu (smooth, not monotone; "
                                                "measured unstable on the ring and grid, see "
                                                "the README's ablation).", ENERGY_ACTIVATIONS)
     num_components: int = opt(0, "Points: split the latent into K components (equal "

@@ -130,6 +130,18 @@ class LatentComponents(nn.Module):
         self.log_weights.copy_(torch.log_softmax(log_weights, 0))
 
 
+class SmoothLeakyReLU(nn.Module):
+    """0.2·h + 0.8·softplus(h): LeakyReLU(0.2)'s two slopes, joined smoothly around 0, so an
+    energy built of it can have rounded (locally quadratic) wells instead of cones."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return 0.2 * h + 0.8 * F.softplus(h)
+
+
+_ENERGY_ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU,
+                       "smooth_leaky_relu": SmoothLeakyReLU}
+
+
 class EnergyModel(nn.Module):
     """E(x), the energy: p(x) ∝ exp(-E(x)), so **lower energy means more probable**.
 
@@ -147,8 +159,7 @@ class EnergyModel(nn.Module):
         super().__init__()
         self.config = config
         width = config.energy_width
-        act = (lambda: nn.SiLU()) if config.energy_activation == "silu" else \
-            (lambda: nn.LeakyReLU(0.2))
+        act = _ENERGY_ACTIVATIONS[config.energy_activation]
         if config.kind == "points":
             layers: list[nn.Module] = []
             size_in = config.data_dim

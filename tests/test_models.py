@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from ebgen.config import IMAGE_SIZES, ModelConfig
+from ebgen.config import ENERGY_ACTIVATIONS, IMAGE_SIZES, ModelConfig
 from ebgen.presets import preset_config
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gaussian_entropy, generator_loss)
-from ebgen.models import EnergyModel, Generator, build_models
+from ebgen.models import EnergyModel, Generator, SmoothLeakyReLU, build_models
 
 
 @pytest.mark.parametrize("size", IMAGE_SIZES)
@@ -155,3 +155,28 @@ def test_latent_components_are_for_points_models_only():
     from ebgen.errors import EbgenError
     with pytest.raises(EbgenError, match="num_components"):
         ModelConfig(kind="image", image_size=8, num_components=4)
+
+
+@pytest.mark.parametrize("activation", ENERGY_ACTIVATIONS)
+def test_every_energy_activation_exports_to_onnx_with_parity(activation, tmp_path):
+    from ebgen.export import check_parity, export_onnx
+    from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT
+
+    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
+                      energy_activation=activation)
+    energy, _ = build_models(cfg)
+    path = export_onnx(energy, torch.zeros(3, 2), tmp_path / "energy.onnx", ENERGY_INPUT,
+                       ENERGY_OUTPUT)
+    diffs = check_parity(path, energy, lambda n, seed: np.random.default_rng(seed)
+                         .normal(size=(n, 2)).astype(np.float32))
+    assert set(diffs) and max(diffs.values()) < 1e-3
+
+
+def test_smooth_leaky_relu_keeps_the_slopes_and_rounds_the_corner():
+    h = torch.tensor([-40.0, -1.0, 0.0, 1.0, 40.0], requires_grad=True)
+    y = SmoothLeakyReLU()(h)
+    slope, = torch.autograd.grad(y.sum(), h, create_graph=True)
+    curvature, = torch.autograd.grad(slope.sum(), h)
+    assert slope[0].item() == pytest.approx(0.2) and slope[-1].item() == pytest.approx(1.0)
+    assert torch.all(slope[1:] > slope[:-1])          # monotone and convex
+    assert curvature[2].item() == pytest.approx(0.2)  # 0.8 · softplus''(0) = 0.8 / 4
