@@ -31,6 +31,20 @@ def load_model(path, device: str = "auto", threads: int | None = None):
     return InferenceModel(resolve_model_path(path), device, threads)
 
 
+def list_models() -> list[str]:
+    """Names of the bundled pretrained models, each a valid `load_model` argument (sorted).
+
+    `ebgen.bundled.model_card(name)` (or `ebgen models NAME`) says what each one is.
+
+        >>> import ebgen
+        >>> "mnist" in ebgen.list_models()
+        True
+    """
+    from .bundled import bundled_names
+
+    return bundled_names()
+
+
 def resolve_model_path(path):
     """The model directory `load_model(path)` would load (a checkpoint directory is exported
     to the cache first; see `ebgen.runtime.resolve_model_path`)."""

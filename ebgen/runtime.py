@@ -1,8 +1,9 @@
 """The onnxruntime model: a model directory run by onnxruntime, with numpy in and out.
 
 `ebgen.load_model(path)` (the one public front door) gives an `InferenceModel` with
-`generate(n, seed)` (samples in [-1, 1]), `generate_uint8`, `energy(x)`, `percentile(energy)`
-and `score(x)`. This path never imports torch: latents come from `ebgen.latents.sample_latents`
+`generate(num_samples, seed)` (samples in [-1, 1]), `generate_uint8`, `energy(x)`,
+`percentile(energy)` and `score(x)`; arguments are checked by `ebgen.inputs`, as the servers
+check theirs. This path never imports torch: latents come from `ebgen.latents.sample_latents`
 (numpy, on the CPU), pixels are converted by `ebgen.pixels`. The execution provider is chosen when the sessions are created:
 CUDA only where the created session really reports it (`session.get_providers()`), else CPU.
 
@@ -23,10 +24,11 @@ import numpy as np
 
 from .bundled import bundled_model_path, bundled_names
 from .errors import EbgenError
+from .inputs import check_num_samples, check_samples, check_seed
 from .latents import sample_latents
 from .model_format import model_file, read_model_info
 from .names import CONFIG_FILE, MODEL_FILE, SCORE_OUTPUTS
-from .pixels import uint8_to_unit, unit_to_uint8
+from .pixels import unit_to_uint8
 from .sessions import ort_session
 
 log = logging.getLogger(__name__)
@@ -73,18 +75,19 @@ class InferenceModel:
         return (f"InferenceModel({self.info.get('name')!r}, kind={self.kind!r}, "
                 f"sample_shape={self.sample_shape}, providers={self.providers})")
 
-    def latents(self, n: int, seed: int | None = None) -> np.ndarray:
-        """The `n` latents `generate(n, seed)` uses: float32 (n, z_dim)."""
-        n = _count(n)
-        return sample_latents(n, self.z_dim, seed, self.distribution)
+    def latents(self, num_samples: int, seed: int | None = None) -> np.ndarray:
+        """The latents `generate(num_samples, seed)` uses: float32 (num_samples, z_dim)."""
+        num_samples = check_num_samples(num_samples, low=0)
+        seed = None if seed is None else check_seed(seed)
+        return sample_latents(num_samples, self.z_dim, seed, self.distribution)
 
-    def generate(self, n: int, seed: int | None = None) -> np.ndarray:
-        """`n` samples as float32 (n, *sample_shape): images in [-1, 1], or points.
+    def generate(self, num_samples: int, seed: int | None = None) -> np.ndarray:
+        """`num_samples` samples as float32 (n, *sample_shape): images in [-1, 1], or points.
 
-        The same `seed` gives the same latents, hence the same samples, on every device and
-        in PyTorch; `seed=None` draws fresh ones.
+        The same `seed` (0 … 2⁶³−1) gives the same latents, hence the same samples, on every
+        device and in PyTorch; `seed=None` draws fresh ones.
         """
-        return self.generate_from_latents(self.latents(n, seed))
+        return self.generate_from_latents(self.latents(num_samples, seed))
 
     def generate_from_latents(self, z: np.ndarray) -> np.ndarray:
         """G(z) for explicit latents float32 (n, z_dim) (e.g. several requests' latents at once)."""
@@ -93,20 +96,21 @@ class InferenceModel:
             raise EbgenError(f"latents must be (n, {self.z_dim}), got {z.shape}")
         return self._generator.run(z)
 
-    def generate_uint8(self, n: int, seed: int | None = None) -> np.ndarray:
+    def generate_uint8(self, num_samples: int, seed: int | None = None) -> np.ndarray:
         """`n` images as uint8 (n, C, H, W) in [0, 255] (image models only)."""
         if self.kind != "image":
             raise EbgenError("uint8 pixels exist for image models only; this is a "
                              f"{self.kind} model")
-        return unit_to_uint8(self.generate(n, seed))
+        return unit_to_uint8(self.generate(num_samples, seed))
 
     def energy(self, x: np.ndarray) -> np.ndarray:
         """E(x) per sample, float32 (n,); lower energy = more probable.
 
-        `x` is (n, *sample_shape) or one sample of `sample_shape`, float in [-1, 1] (images)
-        or uint8 pixels (converted through `ebgen.pixels`).
+        `x` is (n, *sample_shape) or one sample of `sample_shape`: images as floats in
+        [-1, 1] or uint8 pixels (converted through `ebgen.pixels`), points as finite numbers.
+        Anything else raises `ebgen.inputs.RequestError` with the message the servers give.
         """
-        return self._energy.run(self._check_input(x)).reshape(-1)
+        return self._energy.run(check_samples(x, self.sample_shape)).reshape(-1)
 
     def percentile(self, energy: np.ndarray) -> np.ndarray:
         """Percentile of each energy among the training data's energies, float64 in [0, 100].
@@ -135,19 +139,6 @@ class InferenceModel:
         energy = self.energy(x)
         return dict(zip(SCORE_OUTPUTS, (energy, -energy, self.percentile(energy))))
 
-    def _check_input(self, x: Any) -> np.ndarray:
-        x = np.asarray(x)
-        if x.shape == self.sample_shape:
-            x = x[None]
-        if x.ndim != len(self.sample_shape) + 1 or x.shape[1:] != self.sample_shape:
-            raise EbgenError(f"input of shape {x.shape} does not fit this model: expected "
-                             f"(n, {', '.join(map(str, self.sample_shape))})")
-        if x.dtype == np.uint8 and self.kind == "image":
-            return uint8_to_unit(x)
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise EbgenError(f"input of dtype {x.dtype} is not numeric")
-        return np.ascontiguousarray(x, dtype=np.float32)
-
 
 class _Net:
     """One ONNX file of the model directory in an onnxruntime session, run in chunks."""
@@ -165,12 +156,6 @@ class _Net:
         out = self.session.get_outputs()[0]
         shape = [0] + [d if isinstance(d, int) else 0 for d in out.shape[1:]]
         return np.zeros(shape, dtype=np.float32)
-
-
-def _count(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise EbgenError(f"number of samples must be a non-negative integer, got {n!r}")
-    return int(n)
 
 
 def _providers(device: str) -> list:

@@ -1,5 +1,9 @@
 """Request checks, written once: every front door rejects bad input here, the same way.
 
+The checks of one value (an integer field, a seed, arrays to score) live in `ebgen.inputs`,
+which the Python API uses too; this module adds what only requests have: fields, formats,
+body sizes and per-request caps.
+
 A rejected request raises `RequestError`, which carries an HTTP status and a one-line reason;
 front doors answer it as `{"error": "<reason>"}` with that status and keep serving.
 
@@ -15,38 +19,26 @@ front doors answer it as `{"error": "<reason>"}` with that status and keep servi
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ebgen.errors import EbgenError
+from ebgen.inputs import (MAX_SEED, RequestError, check_int, check_num_samples, check_samples,
+                          check_seed)
+
+__all__ = ["FORMATS", "GENERATE_FIELDS", "LIMITS_ENV", "MAX_SEED", "GenerateParams", "Limits",
+           "RequestError", "check_body_size", "check_count", "check_fields", "check_finite_output",
+           "check_generate", "check_int", "check_latents", "check_num_samples", "check_samples",
+           "check_seed"]
 
 #: Response formats of `generate`.
 FORMATS = ("png", "npy", "json")
 #: Fields a `generate` request may carry.
 GENERATE_FIELDS = ("num_samples", "seed", "format", "grid")
-#: Largest seed accepted (numpy seeds are non-negative; 2**63 keeps JSON clients exact enough).
-MAX_SEED = 2**63 - 1
 #: Environment variable carrying `Limits` as JSON to TorchServe's handler processes.
 LIMITS_ENV = "EBGEN_SERVE_LIMITS"
-#: Slack on the [-1, 1] range for float inputs (rounding in clients).
-RANGE_TOLERANCE = 1e-3
-
-
-class RequestError(EbgenError):
-    """A bad request: an HTTP `status` (400, 413, 422, 503) and a one-line `reason`."""
-
-    def __init__(self, status: int, reason: str):
-        self.status = int(status)
-        self.reason = " ".join(str(reason).split())
-        super().__init__(self.reason)
-
-    def body(self) -> bytes:
-        """The one-line JSON answer: `{"error": "<reason>"}`."""
-        return json.dumps({"error": self.reason}).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -85,25 +77,6 @@ def check_fields(obj: Mapping[str, Any], allowed: Iterable[str], what: str) -> N
                                 f"{', '.join(allowed)}")
 
 
-_INTEGER_TEXT = re.compile(r"-?[0-9]{1,19}")
-
-
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    """An int field in [low, high]: a JSON integer or a string of ASCII digits (a query
-    parameter); bools, floats and anything else digit-like ("²", "①", "--5") are refused."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value.strip()):
-            value = int(value.strip())
-        else:
-            shown = json.dumps(value)[:40] if isinstance(value, (str, float, bool)) or \
-                value is None else type(value).__name__
-            raise RequestError(422, f"{name} must be an integer, got {shown}")
-    if not low <= value <= high:
-        shown = str(value) if value.bit_length() < 64 else "a number that large"
-        raise RequestError(422, f"{name}={shown} is out of range: expected {low}..{high}")
-    return value
-
-
 def check_finite_output(array: np.ndarray, what: str) -> np.ndarray:
     """A model output that JSON and the client can use: non-finite values (latents or inputs
     so far out that float32 overflows) are the request's fault, a 422, never a 500."""
@@ -134,15 +107,12 @@ def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) ->
         raise RequestError(422, "generate request must be a JSON object with num_samples, "
                                 "seed, format, grid")
     check_fields(obj, GENERATE_FIELDS, "generate")
-    n = obj.get("num_samples", GenerateParams.num_samples)
-    if isinstance(n, int) and not isinstance(n, bool) and n > limits.max_samples:
-        raise RequestError(422, f"num_samples={n} exceeds the limit of {limits.max_samples} "
-                                "per request")
-    n = _int(n, "num_samples", 1, limits.max_samples)
+    n = check_num_samples(obj.get("num_samples", GenerateParams.num_samples),
+                          limits.max_samples)
     seed = obj.get("seed", default_seed)
     if seed is None:
         seed = int(np.random.default_rng().integers(0, 2**31))
-    seed = _int(seed, "seed", 0, MAX_SEED)
+    seed = check_seed(seed)
     fmt = obj.get("format", "png")
     if fmt not in FORMATS:
         raise RequestError(422, f"format must be one of {', '.join(FORMATS)}, got "
@@ -151,58 +121,6 @@ def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) ->
     if grid and fmt == "npy":
         raise RequestError(422, "grid applies to format png or json, not npy")
     return GenerateParams(num_samples=n, seed=seed, format=fmt, grid=grid)
-
-
-def check_samples(x: np.ndarray, sample_shape: Sequence[int]) -> np.ndarray:
-    """Arrays to score as float32 N×(sample_shape): shape, channels, size, values.
-
-    Images (a C×H×W sample shape): uint8 arrays are pixels (0–255) and are mapped through
-    `ebgen.pixels`; other integer arrays are refused; floats must already be in [-1, 1].
-    Points (a (D,) sample shape) are any finite numbers. One sample without a batch axis
-    (C×H×W, or H×W for a grey model; D for points) is taken as a batch of one.
-    """
-    from ebgen.pixels import uint8_to_unit
-
-    shape = tuple(int(s) for s in sample_shape)
-    image = len(shape) == 3
-    if not image and x.dtype.kind in "iu":
-        x = x.astype(np.float32)
-    if x.dtype.kind in "iu" and x.dtype != np.uint8:
-        raise RequestError(422, f"integer input of dtype {x.dtype}: send uint8 pixels or "
-                                "floats in [-1, 1]")
-    if len(shape) == 3 and shape[0] == 1 and x.ndim == 2:
-        x = x[None]                                  # H×W grey image
-    if x.ndim == len(shape):
-        x = x[None]                                  # one sample
-    if x.ndim != len(shape) + 1:
-        dims = ", ".join(map(str, shape))
-        raise RequestError(422, f"input of shape {list(x.shape)}: expected [N, {dims}] or "
-                                f"[{dims}]")
-    got = tuple(x.shape[1:])
-    if got != shape:
-        if len(shape) == 3 and got[1:] == shape[1:] and got[0] != shape[0]:
-            kinds = {1: "grey", 3: "RGB"}
-            raise RequestError(422, f"{kinds.get(got[0], got[0])} input ({got[0]} channels) to "
-                                    f"a {kinds.get(shape[0], shape[0])} model: expected "
-                                    f"{shape[0]} channel(s)")
-        if len(shape) == 3 and got[0] == shape[0]:
-            raise RequestError(422, f"image of {got[2]}x{got[1]} px: this model takes "
-                                    f"{shape[2]}x{shape[1]} px")
-        raise RequestError(422, f"input of sample shape {list(got)}: expected {list(shape)}")
-    if x.shape[0] == 0:
-        raise RequestError(422, "no inputs to score")
-    if x.dtype == np.uint8:
-        return uint8_to_unit(x)
-    x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise RequestError(422, "input contains NaN or infinite values")
-    if not image:
-        return x
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
-        raise RequestError(422, f"float input in [{lo:.3g}, {hi:.3g}]: expected values in "
-                                "[-1, 1] (or send uint8 pixels)")
-    return np.clip(x, -1.0, 1.0)
 
 
 def check_count(n: int, limits: Limits) -> None:

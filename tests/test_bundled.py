@@ -32,7 +32,9 @@ def run(*args):
 
 
 def test_three_models_ship_with_cards():
-    assert tuple(bundled_names()) == BUNDLED
+    import ebgen
+
+    assert tuple(bundled_names()) == BUNDLED == tuple(ebgen.list_models())
     assert DEFAULT_MODEL == "mnist"
     total = 0
     for name in BUNDLED:

@@ -90,8 +90,9 @@ def test_generate_seeded_chunked_and_uint8(model):
     assert not np.allclose(model.generate(4, seed=6), x[:4])
     np.testing.assert_array_equal(model.generate_uint8(4, seed=5), unit_to_uint8(x[:4]))
     assert model.generate(0).shape == (0, 1, 8, 8)
-    with pytest.raises(EbgenError, match="non-negative integer"):
+    with pytest.raises(EbgenError, match=r"num_samples=-1 is out of range"):
         model.generate(-1)
+    np.testing.assert_array_equal(model.generate(np.int64(3), seed=np.uint32(5)), x[:3])
 
 
 def test_energy_and_score_match_pytorch(model, ckpt):
@@ -110,7 +111,7 @@ def test_energy_and_score_match_pytorch(model, ckpt):
     pixels = unit_to_uint8(x[:3])
     np.testing.assert_allclose(model.energy(pixels), model.energy(pixels / 127.5 - 1.0),
                                rtol=1e-5, atol=1e-4)
-    with pytest.raises(EbgenError, match=r"expected \(n, 1, 8, 8\)"):
+    with pytest.raises(EbgenError, match=r"RGB input \(3 channels\) to a grey model"):
         model.energy(np.zeros((2, 3, 8, 8), np.float32))
 
 
@@ -190,3 +191,37 @@ def test_model_files_are_confined_to_the_directory_and_hash_checked(model_dir, t
     (copy / "energy.onnx").write_bytes(bytes(data))
     with pytest.raises(EbgenError, match="does not match the sha256"):
         load_model(copy)
+
+
+BAD_IMAGES = {"nan": np.full((2, 1, 8, 8), np.nan, np.float32),
+              "beyond [-1, 1]": np.full((2, 1, 8, 8), 5.0, np.float32),
+              "int64 pixels": np.zeros((2, 1, 8, 8), np.int64),
+              "wrong size": np.zeros((2, 1, 9, 8), np.float32),
+              "empty": np.zeros((0, 1, 8, 8), np.float32),
+              "strings": np.array([["a"]])}
+
+
+@pytest.mark.parametrize("case", BAD_IMAGES)
+def test_python_api_refuses_what_the_servers_refuse_with_their_message(model, case):
+    from ebgen.serve.validation import RequestError, check_samples
+
+    with pytest.raises(RequestError) as served:
+        check_samples(BAD_IMAGES[case], model.sample_shape)
+    for call in (model.energy, model.score):
+        with pytest.raises(RequestError) as local:
+            call(BAD_IMAGES[case])
+        assert local.value.reason == served.value.reason and local.value.status == 422
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_samples=2, seed=-1), "seed=-1 is out of range: expected 0..9223372036854775807"),
+    (dict(num_samples=2.5), "num_samples must be an integer, got 2.5"),
+    (dict(num_samples=True), "num_samples must be an integer, got true"),
+    (dict(num_samples=2, seed="x"), 'seed must be an integer, got "x"')])
+def test_generate_arguments_are_checked_as_the_servers_check_them(model, kwargs, message):
+    from ebgen.serve.validation import Limits, RequestError, check_generate
+
+    with pytest.raises(RequestError, match=message):
+        model.generate(**kwargs)
+    with pytest.raises(RequestError, match=message):
+        check_generate(kwargs, Limits())
