@@ -17,11 +17,12 @@ from .options import device_option, json_option, seed_option
               help="Data to evaluate against instead of the training run's (needed for a "
                    "bundled image model). (default: the run's)")
 @click.option("--anomaly", is_flag=True,
-              help="Images: AUROC of the energy against noise, blurred, inverted and shifted "
-                   "digits, beside a PCA-50 reconstruction baseline.")
+              help="AUROC of the energy against corrupted held-out data, beside a baseline: "
+                   "images noised, blurred, inverted and shifted (PCA-50 reconstruction); "
+                   "points uniform in the data's box, column-shuffled and noisy (Gaussian).")
 @click.option("--plots", "plots_dir", default=None, metavar="DIR",
               help="Write pictures to DIR: samples (over the energy landscape for 2-D) and a "
-                   "histogram of energies of data, samples and noise.")
+                   "histogram of energies of data, samples and noise (images and 2-D points).")
 @seed_option()
 @device_option()
 @json_option()

@@ -48,7 +48,8 @@ class ModelConfig:
 
     kind: str = opt("points", "Nets: points (MLPs on low-dimensional data) or image (conv nets).",
                     ("points", "image"))
-    data_dim: int = opt(2, "Points: input dimensions.")
+    data_dim: int = opt(2, "Points: input dimensions (a --data points file sets it from its "
+                           "columns).")
     image_size: int = opt(28, "Image side in px: 8, 16, 28, 32 or 64.")
     channels: int = opt(1, "Image channels: 1 (grey) or 3 (RGB).")
     z_dim: int = opt(16, "Latent dimensions.")

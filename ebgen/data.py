@@ -2,7 +2,7 @@
 
 Built-in sets are generated in code: the 2-D sets of `toy2d` (`8gaussians`, `25gaussians`,
 `swissroll`, `unequal`, `anisotropic`, `pinwheel`, `spirals`, `moons`, `faraway`) and `shapes`, small synthetic images of filled rectangles and bars on black. Files
-on disk come in four formats: `points` (a .npy or .csv N×2 array), `mnist` (a folder of IDX
+on disk come in four formats: `points` (a .npy or .csv N×D array; `points_file_dim` gives D), `mnist` (a folder of IDX
 files), `cifar10` (a folder of python batches) and `images` (a folder of PNG/JPEG files); the
 format is guessed from the path when `DataConfig.dataset` is None or names a built-in set.
 
@@ -29,7 +29,7 @@ from .toy2d import get_toy_set
 #: Built-in sets generated in code (no path needed).
 GENERATED = GENERATED_NAMES
 #: Formats read from `DataConfig.path`, with what each expects there.
-FORMATS = dict(zip(FILE_FORMATS, ("a .npy or .csv file of an N×2 array",
+FORMATS = dict(zip(FILE_FORMATS, ("a .npy or .csv file of an N×D array",
                                    "a folder of MNIST IDX files",
                                    "a folder of CIFAR-10 python batches",
                                    "a folder of PNG/JPEG images")))
@@ -176,8 +176,9 @@ def _read_csv(path: Path) -> np.ndarray:
                         f"expected N rows of numbers after an optional header row") from None
 
 
-def read_points(path: Path, dim: int = 2) -> np.ndarray:
-    """An N×`dim` array of finite floats from a .npy or .csv file, as float32."""
+def read_points(path: Path, dim: int | None = 2) -> np.ndarray:
+    """An N×`dim` array of finite floats from a .npy or .csv file, as float32 (`dim=None`:
+    any number of columns)."""
     if path.suffix.lower() == ".csv":
         arr = _read_csv(path)
     else:
@@ -185,11 +186,11 @@ def read_points(path: Path, dim: int = 2) -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
             raise DataError(f"cannot read points file {path}: {one_line(err)}") from None
-    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != dim \
-            or len(arr) == 0:
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or len(arr) == 0 \
+            or arr.shape[1] == 0 or arr.shape[1] != (dim or arr.shape[1]):
         shape = getattr(arr, "shape", type(arr).__name__)
         raise DataError(f"points file {path} holds an array of shape {shape}: "
-                        f"expected an N×{dim} array")
+                        f"expected an N×{dim or 'D'} array")
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"points file {path} holds {arr.dtype} values: expected numbers")
     arr = arr.astype(np.float32)
@@ -198,6 +199,37 @@ def read_points(path: Path, dim: int = 2) -> np.ndarray:
         raise DataError(f"points file {path} has {bad} row(s) with NaN or infinite values: "
                         f"expected finite numbers")
     return arr
+
+
+def points_file_dim(data: DataConfig) -> int | None:
+    """The column count D of the points file `data.path` names (None when it names none)."""
+    if data.path is None:
+        return None
+    path = Path(data.path).expanduser()
+    if not path.is_file() or (data.dataset not in (None, "points", *GENERATED)) \
+            or guess_format(path) != "points":
+        return None
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if isinstance(arr, np.ndarray) and arr.ndim == 2 and arr.shape[1] > 0:
+                return int(arr.shape[1])
+        except (OSError, ValueError, EOFError):
+            pass  # read_points says what is wrong with it
+    return int(read_points(path, None).shape[1])
+
+
+def adopt_points_dim(model: ModelConfig, data: DataConfig) -> None:
+    """Give a points `model` the column count of the points file `data` names: the default
+    `data_dim` (2) follows the file; any other value must match it (`DataError` otherwise)."""
+    dim = points_file_dim(data) if model.kind == "points" else None
+    if dim is None or dim == model.data_dim:
+        return
+    default = ModelConfig.__dataclass_fields__["data_dim"].default
+    if model.data_dim != default:
+        raise DataError(f"{data.path} holds {dim}-D points but data_dim is {model.data_dim}: "
+                        f"drop --data-dim (it follows the file) or pass --data-dim {dim}")
+    model.data_dim = dim
 
 
 def guess_format(path: Path) -> str:

@@ -1,6 +1,7 @@
 """Presets and recipes: named starting configs, and `preset_config` to build one.
 
-Presets: `tiny` (tests, seconds on CPU), `toy2d` (2-D sets), `mnist`, `cifar10`, `celeba64`.
+Presets: `tiny` (tests, seconds on CPU), `toy2d` (2-D sets), `tabular` (N×D feature vectors),
+`mnist`, `cifar10`, `celeba64`.
 A recipe is a set of training fields on top of a preset: `default` (ebgen's measured recipe)
 or `paper` (Kim & Bengio as published). Overrides come last and are checked like any config.
 
@@ -42,6 +43,16 @@ PRESETS: dict[str, dict[str, dict]] = {
              gradient_penalty=0.01, score_matching=10.0, score_matching_share=0.5,
              calibration=1.0, likelihood=3.0, calibrate_from=0.5, calibrate_entropy="knn",
              lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
+    # Feature vectors of any dimension (tabular data, embeddings): `--data FILE` (N×D .npy
+    # or .csv) sets data_dim. Wider nets than toy2d, one connected latent, the MI entropy
+    # throughout (the kNN estimate and the grid-based terms are for low dimensions).
+    "tabular": _preset(
+        dict(kind="points", z_dim=32, num_experts=256, energy_width=256, generator_width=256,
+             depth=3),
+        dict(dataset="points"),
+        dict(steps=5000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
+             gradient_penalty=0.01, lr_decay=True, sample_every=1000, checkpoint_every=1000,
+             num_eval_samples=1000)),
     # The bundled `mnist` model's recipe (scripts/retrain_bundled.py; README "Pretrained
     # models"): small nets (a few MB of ONNX), the data base (shifted digits score as
     # anomalies), MI entropy, a small R1 penalty and lr decay.

@@ -7,7 +7,9 @@ coverage (built-in sets), and the KL(p_data ‖ p_E) of the energy normalised on
 data, of generator samples and of uniform noise (a working energy orders them data < samples
 < noise, since lower energy means more probable); for 28×28 grey digits, the bundled
 classifier's metrics (`ebgen.metrics.images`); with `anomaly`, energy AUROCs against corrupted
-digits beside a PCA baseline (`ebgen.metrics.anomaly`); with `plots_dir`, pictures (`ebgen.plots`).
+digits beside a PCA baseline (`ebgen.metrics.anomaly`), and for points models of any dimension
+AUROCs against corrupted points beside a Gaussian baseline (`ebgen.metrics.point_anomaly`); with
+`plots_dir`, pictures (`ebgen.plots`; 2-D points models and images).
 """
 from __future__ import annotations
 
@@ -95,7 +97,13 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
                                       data_config.dataset if builtin else None, data,
                                       num_samples=num_samples or 12_500, seed=seed,
                                       data_label=None if builtin else label))
-        if plots is not None:
+        report["energy_heldout_mean"] = float(np.mean(model.energy(data.astype(np.float32))))
+        if anomaly:
+            from ebgen.metrics.point_anomaly import point_anomaly_report
+
+            report["anomaly"] = point_anomaly_report(model.energy, train.values.cpu().numpy(),
+                                                     data, seed=seed)
+        if plots is not None and "box" in report:  # pictures of 2-D models only
             report["plots"] = _points_plots(model, data, report, plots)
         return report
     from .images import evaluate_images

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ebgen.checkpoint import (load_checkpoint, load_trainer_state, read_meta, recover,
                               save_checkpoint, unwrap)
 from ebgen.config import Config, with_overrides
-from ebgen.data import load_data, standardisation
+from ebgen.data import adopt_points_dim, load_data, standardisation
 from ebgen.errors import EbgenError
 from ebgen.files import atomic_write_text
 from ebgen.latents import sample_latents
@@ -51,6 +51,8 @@ class Trainer:
         self.runtime = setup_runtime(config.train.device)
         self.device = self.runtime.device
         self.amp = config.train.amp and self.device.type == "cuda"
+        if not resume:
+            adopt_points_dim(config.model, config.data)
         self.train_data, self.heldout_data = load_data(config.data, config.model,
                                                        seed=config.train.seed)
         if self.train_data.values.numel() * self.train_data.values.element_size() < 2 ** 30:
@@ -299,9 +301,14 @@ class Trainer:
             from ebgen.metrics.points import default_box
 
             data = self.train_data.values[:2000].cpu().numpy()
-            plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
-                                   box=default_box(data), data=data,
-                                   title=f"{self._data_name()} — step {self.step}")
+            title = f"{self._data_name()} — step {self.step}"
+            if x.shape[1] == 2:
+                plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
+                                       box=default_box(data), data=data, title=title)
+            else:  # the first two columns (a 1-D set on a line), no energy landscape
+                plane = lambda a: np.pad(a[:, :2], ((0, 0), (0, max(0, 2 - a.shape[1]))))
+                plots.save_points_plot(plane(x), path, data=plane(data),
+                                       title=f"{title} (columns 1–2 of {x.shape[1]})")
         return path
 
 

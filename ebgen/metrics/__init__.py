@@ -6,4 +6,6 @@ the eval stage (`ebgen.eval`), the trainer's plots and the benchmarks call.
   grid, the grid KL, and the points report `evaluate_points`.
 * `images` — the bundled MNIST classifier's metrics (classes, Fréchet distance, features).
 * `anomaly` — AUROC/AUPRC of the energy against corrupted images, beside a PCA baseline.
+* `point_anomaly` — AUROC of the energy against corrupted feature vectors (any D), beside a
+  Gaussian (Mahalanobis) baseline.
 """
