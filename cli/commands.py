@@ -1,4 +1,5 @@
 """The list of `ebgen` commands, in the order `ebgen --help` shows them."""
+from .calibrate import calibrate_command
 from .eval import eval_command
 from .export import export_command
 from .generate import generate_command
@@ -8,4 +9,4 @@ from .serve import serve_command
 from .train import train_command
 
 COMMANDS = [train_command, eval_command, export_command, generate_command, score_command,
-            serve_command, models_command]
+            calibrate_command, serve_command, models_command]

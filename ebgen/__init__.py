@@ -31,6 +31,85 @@ def load_model(path, device: str = "auto", threads: int | None = None):
     return InferenceModel(resolve_model_path(path), device, threads)
 
 
+def calibrate(model, x, fpr: float = 0.01, out=None, source: str = ""):
+    """Calibrate a model's anomaly decisions on clean held-out samples `x`; returns the
+    `ebgen.calibration.Calibration` written to the model directory's calibration.json.
+
+    `model` is a model directory, or with `out` also a bundled name or a checkpoint: the
+    model directory is then copied to `out` first and calibrated there. From then on `score`
+    (Python, CLI, HTTP, TorchServe) adds `tail_probability` and `is_anomaly` (energy above
+    the threshold that flags a share `fpr` of clean data). The model's TorchServe archives,
+    if it has any, are rebuilt to carry the calibration (needs torch-model-archiver).
+
+        >>> ebgen.calibrate("models/tiny", clean_images, fpr=0.01)   # doctest: +SKIP
+    """
+    import shutil
+    from pathlib import Path
+
+    from .calibration import fit_calibration, write_calibration
+    from .errors import EbgenError
+    from .runtime import InferenceModel
+
+    directory = resolve_model_path(model)
+    if out is not None:
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise EbgenError(f"{out} exists and is not empty: calibrate into a new folder")
+        shutil.copytree(directory, out, dirs_exist_ok=True)
+        directory = out
+    elif Path(str(model)).expanduser().resolve() != directory.resolve():
+        raise EbgenError(f"{model} is not a model directory of yours (it is {directory}): "
+                         f"pass out=DIR (--out DIR) to calibrate a copy")
+    energies = InferenceModel(directory, device="cpu").energy(x)
+    calibration = fit_calibration(energies, fpr, source)
+    write_calibration(directory, calibration)
+    _rebuild_archives(directory)
+    return calibration
+
+
+def _rebuild_archives(directory) -> None:
+    """Rebuild the model directory's TorchServe archives (so they carry its calibration)."""
+    import logging
+
+    from .model_format import read_model_info
+
+    archives = read_model_info(directory).get("archives") or {}
+    if not archives:
+        return
+    from .errors import EbgenError
+
+    try:
+        from .export.archive import build_archive  # the export stage: needs torch
+
+        for kind in archives:
+            build_archive(directory, kind)
+    except (ImportError, EbgenError) as err:
+        logging.getLogger(__name__).warning(
+            "%s: TorchServe archives not rebuilt, so they lack the calibration (%s; pip "
+            "install 'ebgen[torchserve]')", directory, err)
+
+
+def _train_and_export(config, out):
+    """Train `config` into out/run and export it to out/model (no archives); returns the
+    model directory (`ebgen.detector.EnergyDetector` fits through this)."""
+    from pathlib import Path
+
+    from .export import export_model
+    from .train import train
+
+    train(config, Path(out) / "run", progress=False)
+    return Path(export_model(Path(out) / "run", Path(out) / "model", archive=False,
+                             progress=False))
+
+
+def __getattr__(name):
+    if name == "EnergyDetector":  # lazily: `import ebgen` stays cheap
+        from .detector import EnergyDetector
+
+        return EnergyDetector
+    raise AttributeError(f"module 'ebgen' has no attribute {name!r}")
+
+
 def list_models() -> list[str]:
     """Names of the bundled pretrained models, each a valid `load_model` argument (sorted).
 

@@ -15,6 +15,10 @@ ENERGY_OUTPUT = "energy"
 LOG_DENSITY = "log_density"       # −energy
 PERCENTILE = "percentile"         # 0–100 among the training data's energies
 SCORE_OUTPUTS = (ENERGY_OUTPUT, LOG_DENSITY, PERCENTILE)
+#: ... and, once the model is calibrated (`ebgen calibrate`), these two after them.
+TAIL_PROBABILITY = "tail_probability"  # P(E ≥ e) for clean data (a fitted tail past its end)
+IS_ANOMALY = "is_anomaly"              # energy above the calibrated threshold
+CALIBRATED_OUTPUTS = (TAIL_PROBABILITY, IS_ANOMALY)
 #: The named dynamic axis of every ONNX input and output.
 BATCH_AXIS = "batch"
 
@@ -31,6 +35,7 @@ MODEL_FILE = "model.json"
 GENERATOR_ONNX = "generator.onnx"
 GENERATOR_UINT8_ONNX = "generator_uint8.onnx"
 ENERGY_ONNX = "energy.onnx"
+CALIBRATION_FILE = "calibration.json"  # `ebgen calibrate`: threshold and tail (optional)
 
 # TorchServe archives (ebgen export): one per kind, also its TorchServe model name, each with
 # the ebgen.serve handler module of that name.

@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 
 from .bundled import bundled_model_path, bundled_names
+from .calibration import Calibration, read_calibration
 from .errors import EbgenError
 from .inputs import check_num_samples, check_samples, check_seed
 from .latents import sample_latents
 from .model_format import model_file, read_model_info
-from .names import CONFIG_FILE, MODEL_FILE, SCORE_OUTPUTS
+from .names import CALIBRATED_OUTPUTS, CONFIG_FILE, MODEL_FILE, SCORE_OUTPUTS
 from .pixels import unit_to_uint8
 from .sessions import ort_session
 
@@ -68,6 +69,7 @@ class InferenceModel:
         quantiles = self.info.get("energy_quantiles") or {}
         self._q_values = np.asarray(quantiles.get("values", []), dtype=np.float64)
         self._q_levels = 100.0 * np.asarray(quantiles.get("levels", []), dtype=np.float64)
+        self.calibration: Calibration | None = read_calibration(self.directory)
         log.info("loaded model %s from %s on %s", self.info.get("name"), self.directory,
                  ", ".join(self.providers))
 
@@ -134,10 +136,23 @@ class InferenceModel:
                 p = np.where(side, 0.0 if end == 0 else 100.0, p)
         return np.clip(p, 0.0, 100.0)
 
+    @property
+    def score_outputs(self) -> tuple[str, ...]:
+        """The names `score` returns: SCORE_OUTPUTS, then CALIBRATED_OUTPUTS once calibrated."""
+        return SCORE_OUTPUTS + (CALIBRATED_OUTPUTS if self.calibration else ())
+
     def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per sample: `energy`, `log_density` (= −energy, unnormalised) and `percentile`."""
-        energy = self.energy(x)
-        return dict(zip(SCORE_OUTPUTS, (energy, -energy, self.percentile(energy))))
+        """Per sample: `energy`, `log_density` (= −energy, unnormalised) and `percentile`; on a
+        calibrated model also `tail_probability` and `is_anomaly` (see `ebgen.calibration`)."""
+        return self.score_energy(self.energy(x))
+
+    def score_energy(self, energy: np.ndarray) -> dict[str, np.ndarray]:
+        """What `score` returns, from energies already computed (the servers' batches)."""
+        energy = np.asarray(energy, dtype=np.float32)
+        columns = [energy, -energy, self.percentile(energy)]
+        if self.calibration is not None:
+            columns += [self.calibration.survival(energy), self.calibration.is_anomaly(energy)]
+        return dict(zip(self.score_outputs, columns))
 
 
 class _Net:

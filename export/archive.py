@@ -20,7 +20,7 @@ from pathlib import Path
 from ebgen import __version__
 from ebgen.errors import EbgenError
 from ebgen.model_format import model_file, read_model_info
-from ebgen.names import ARCHIVE_KINDS, HANDLER_MODULES, MODEL_FILE
+from ebgen.names import ARCHIVE_KINDS, CALIBRATION_FILE, HANDLER_MODULES, MODEL_FILE
 
 MANIFEST = "MAR-INF/MANIFEST.json"
 
@@ -48,12 +48,16 @@ def archive_name(kind: str) -> str:
 
 
 def archive_files(model_dir: str | Path) -> list[Path]:
-    """The files an archive carries: model.json and each ONNX file model.json lists."""
+    """The files an archive carries: model.json, each ONNX file model.json lists, and the
+    calibration when the model has one."""
     model_dir = Path(model_dir)
     info = read_model_info(model_dir)
+    calibration = [model_dir / CALIBRATION_FILE] if (model_dir / CALIBRATION_FILE).is_file() \
+        else []
     return [model_dir / MODEL_FILE] + [model_file(model_dir, entry)
                                         for entry in info.get("onnx", {}).values()
-                                        if isinstance(entry, dict) and "file" in entry]
+                                        if isinstance(entry, dict) and "file" in entry] \
+        + calibration
 
 
 def build_archive(model_dir: str | Path, kind: str, handler: str | Path | None = None,

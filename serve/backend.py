@@ -28,11 +28,13 @@ class Backend:
 
     def __init__(self, model_path: str, device: str, limits: Limits, batching: dict[str, Any],
                  model: Any = None, on_batch: Callable[[str, int], None] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None,
+                 on_energies: Callable[[Any, np.ndarray], None] | None = None) -> None:
         """`batching`: `MicroBatcher` keywords (max_batch_samples, max_batch_ms, max_delay_ms,
-        max_queue, parallel_batches), the same for both networks."""
+        max_queue, parallel_batches), the same for both networks. `on_energies(model,
+        energies)` sees every request's scored energies (the drift metrics)."""
         self.model_path, self.device, self.limits = model_path, device, limits
-        self.model, self.threads = model, threads
+        self.model, self.threads, self.on_energies = model, threads, on_energies
         self.ready = False
         runs = {"generator": service.run_generator_batch, "energy": service.run_energy_batch}
         self.batchers: dict[str, MicroBatcher] = {}  # one per network, by the routes' names
@@ -99,7 +101,10 @@ class Backend:
                     and watch.result().get("type") == "http.disconnect":
                 job.cancel()
                 raise RequestError(499, "client closed the request")
-            return await job
+            result = await job
+            if name == "energy" and self.on_energies is not None:
+                self.on_energies(self.model, result)
+            return result
         finally:
             watch.cancel()
             if not job.done():

@@ -13,7 +13,9 @@ limits: `ebgen.serve.backend`) to the REST routes (`ebgen.serve.rest`) and the v
                                                (also under /versions/1; JSON or Triton's
                                                binary tensors: `ebgen.serve.v2`)
     POST /generate, POST /score                the same bodies as TorchServe's handlers
-    GET  /metrics                              Prometheus
+    GET  /metrics                              Prometheus (also the drift of served energies:
+                                               ebgen_score_energy, and once calibrated
+                                               ebgen_score_tail_probability, _anomalies)
 
 Concurrent requests are micro-batched into one onnxruntime call per model (bounded queue; a
 full queue answers 503 with Retry-After). Every bad request gets a 4xx `{"error": "..."}`.
@@ -32,6 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
@@ -97,6 +100,36 @@ class _Metrics:
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.queue = Gauge("ebgen_queue_depth", "Requests waiting for a batch.", ["model"],
                            multiprocess_mode="livesum", registry=r)
+        self.drift: dict[str, Any] | None = None  # made when the first scores are seen
+
+    def observe_energies(self, model: Any, energies: np.ndarray) -> None:
+        """Drift: served energies in buckets at the training data's energy quantiles (with no
+        drift, bucket shares follow the quantile levels), tail probabilities and anomalies
+        of a calibrated model."""
+        from prometheus_client import Counter, Histogram
+
+        if self.drift is None:
+            quantiles = model.info.get("energy_quantiles") or {}
+            buckets = sorted(set(quantiles.get("values") or [])) or [0.0]
+            self.drift = {"energy": Histogram(
+                "ebgen_score_energy", "Served energies, in buckets at the training data's "
+                "energy quantiles (levels in model.json).", buckets=buckets,
+                registry=self.registry)}
+            if getattr(model, "calibration", None) is not None:
+                self.drift["tail"] = Histogram(
+                    "ebgen_score_tail_probability", "Served tail probabilities (calibrated).",
+                    buckets=(1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0),
+                    registry=self.registry)
+                self.drift["anomalies"] = Counter(
+                    "ebgen_score_anomalies", "Served samples flagged is_anomaly.",
+                    registry=self.registry)
+        energies = np.asarray(energies, dtype=np.float64)
+        for e in energies:
+            self.drift["energy"].observe(e)
+        if "tail" in self.drift:
+            for p in model.calibration.survival(energies):
+                self.drift["tail"].observe(p)
+            self.drift["anomalies"].inc(int(model.calibration.is_anomaly(energies).sum()))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -176,7 +209,7 @@ def create_app(config: ServeConfig, model: Any = None) -> FastAPI:
                     parallel_batches=config.parallel_batches or serving_threads(config.workers))
     backend = Backend(config.model, config.device, config.limits, batching, model=model,
                       on_batch=lambda name, n: metrics.batch.labels(name).observe(n),
-                      threads=config.threads)
+                      threads=config.threads, on_energies=metrics.observe_energies)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

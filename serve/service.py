@@ -17,6 +17,7 @@ Request bodies (the same on `POST /generate`, `POST /score` and TorchServe's
     score      PNG/JPEG bytes, .npy bytes (one sample or a batch; uint8 pixels or floats in
                [-1, 1]), or {"instances": [base64 PNG | nested list, ...], "dtype": "float32"
                | "uint8"} → {"energy": [...], "log_density": [...], "percentile": [...]}
+               (+ "tail_probability", "is_anomaly" once the model is calibrated)
 
     >>> from ebgen import load_model
     >>> model = load_model("models/tiny")                               # doctest: +SKIP
@@ -33,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from ebgen.images import tile_images
-from ebgen.names import SCORE_OUTPUTS
 from ebgen.pixels import unit_to_uint8
 
 from . import codecs
@@ -212,11 +212,11 @@ def run_energy_batch(model: Any, xs: Sequence[np.ndarray]) -> list[np.ndarray]:
     return _split(model.energy(np.concatenate(xs)), [len(x) for x in xs])
 
 
-def score_result(model: Any, energy: np.ndarray) -> dict[str, list[float]]:
-    """Energies → {"energy", "log_density", "percentile"} lists (percentile via the runtime)."""
+def score_result(model: Any, energy: np.ndarray) -> dict[str, list]:
+    """Energies → {"energy", "log_density", "percentile"} lists, and on a calibrated model
+    "tail_probability" and "is_anomaly" (booleans): the runtime's `score_energy`."""
     energy = check_finite_output(np.asarray(energy, dtype=np.float32), "energy")
-    columns = (energy, -energy, model.percentile(energy))
-    return {name: [float(v) for v in column] for name, column in zip(SCORE_OUTPUTS, columns)}
+    return {name: column.tolist() for name, column in model.score_energy(energy).items()}
 
 
 def score_batch(model: Any, requests: Sequence[np.ndarray | RequestError]) -> list[Reply]:

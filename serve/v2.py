@@ -17,7 +17,8 @@ with `Content-Encoding: gzip` or `deflate` is inflated under the same size cap a
 
 `router(backend)` puts the routes over an `ebgen.serve.backend.Backend`: server and model
 metadata (also under `/versions/1`), health, and `infer` for "generator" (input z, or
-parameters num_samples/seed) and "energy" (input x → energy, log_density, percentile).
+parameters num_samples/seed) and "energy" (input x → energy, log_density, percentile; on a
+calibrated model also tail_probability (FP64) and is_anomaly (BOOL)).
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from starlette.requests import Request
 
 from ebgen import __version__
 from ebgen.errors import one_line
-from ebgen.names import (ENERGY_INPUT, GENERATOR_INPUT, GENERATOR_OUTPUT, PERCENTILE,
-                         SCORE_OUTPUTS)
+from ebgen.names import (ENERGY_INPUT, GENERATOR_INPUT, GENERATOR_OUTPUT, IS_ANOMALY,
+                         PERCENTILE, SCORE_OUTPUTS, TAIL_PROBABILITY)
 
 from .codecs import dumps, inflate, parse_json
 from .service import JSON_TYPE, latents_for, score_result
@@ -42,7 +43,8 @@ from .validation import (RequestError, check_count, check_fields, check_finite_o
 #: The header that says how many leading bytes of a body (request or response) are JSON.
 HEADER_LENGTH = "Inference-Header-Content-Length"
 #: v2 datatypes accepted on input, and their numpy types (little-endian in binary data).
-DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8}
+DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "UINT8": np.uint8,
+          "BOOL": np.bool_}
 #: Most dimensions a v2 input may have (a batch of images has 4).
 MAX_DIMS = 8
 #: The protocol extensions the server metadata announces.
@@ -53,6 +55,8 @@ TENSOR_FIELDS = ("name", "shape", "datatype", "data", "parameters")
 PROTOCOL_PARAMETERS = ("binary_data_output",)
 #: v2 model names → their output tensors.
 MODELS = {"generator": (GENERATOR_OUTPUT,), "energy": SCORE_OUTPUTS}
+#: Output datatypes other than FP32.
+OUTPUT_DATATYPES = {PERCENTILE: "FP64", TAIL_PROBABILITY: "FP64", IS_ANOMALY: "BOOL"}
 #: Each model's one input.
 INPUTS = {"generator": GENERATOR_INPUT, "energy": ENERGY_INPUT}
 #: Each model's own request parameters.
@@ -79,8 +83,8 @@ def model_metadata(name: str, model: Any) -> dict[str, Any]:
         outputs = [x]
     else:
         inputs = [{**x, "name": ENERGY_INPUT}]
-        outputs = [{"name": n, "datatype": "FP64" if n == PERCENTILE else "FP32",
-                    "shape": [-1]} for n in MODELS["energy"]]
+        outputs = [{"name": n, "datatype": OUTPUT_DATATYPES.get(n, "FP32"), "shape": [-1]}
+                   for n in model_outputs(name, model)]
     return {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
             "inputs": inputs, "outputs": outputs,
             "parameters": {"ebgen_model": model.info.get("name"),
@@ -229,8 +233,7 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
 
 
 def _datatype(array: np.ndarray) -> str:
-    kinds = {np.dtype(np.float64): "FP64", np.dtype(np.uint8): "UINT8"}
-    return kinds.get(np.dtype(array.dtype), "FP32")
+    return {np.dtype(t): name for name, t in DTYPES.items()}.get(array.dtype, "FP32")
 
 
 def encode_response(model_name: str, outputs: Mapping[str, np.ndarray], request: InferRequest,
@@ -259,6 +262,11 @@ def encode_response(model_name: str, outputs: Mapping[str, np.ndarray], request:
     return b"".join([head, *chunks]), {HEADER_LENGTH: str(len(head))}
 
 
+def model_outputs(name: str, model: Any) -> tuple[str, ...]:
+    """The output tensors of v2 model `name`: the energy's grow by the calibrated outputs."""
+    return model.score_outputs if name == "energy" else MODELS[name]
+
+
 def _model(backend: Any, name: str, version: str | None) -> Any:
     if name not in MODELS:
         raise RequestError(404, f"unknown model {name[:40]!r}: expected generator or energy")
@@ -275,7 +283,7 @@ async def infer(backend: Any, request: Request, name: str, version: str | None =
 
     m, limits = _model(backend, name, version), backend.limits
     body = inflate(await backend.body(request), request.headers.get("content-encoding"), limits)
-    req = parse_request(body, request.headers.get(HEADER_LENGTH), name, MODELS[name])
+    req = parse_request(body, request.headers.get(HEADER_LENGTH), name, model_outputs(name, m))
     extra = sorted(set(req.inputs) - {INPUTS[name]})
     if extra:
         raise RequestError(422, f"unknown input {extra[0][:40]!r} of {name}; expected "
@@ -297,7 +305,7 @@ async def infer(backend: Any, request: Request, name: str, version: str | None =
         x = check_samples(req.inputs[ENERGY_INPUT], m.sample_shape)
         check_count(len(x), limits)
         result = score_result(m, await backend.run(name, request, x))
-        out = {k: np.asarray(v, np.float64 if k == PERCENTILE else np.float32)
+        out = {k: np.asarray(v, DTYPES[OUTPUT_DATATYPES.get(k, "FP32")])
                for k, v in result.items()}
     return await run_in_threadpool(encode_response, name, out, req, parameters)
 

@@ -103,8 +103,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert "does not exist" in _error(run("train", "--data", str(tmp_path / "missing"), "--out", out))
     assert "unknown preset" in _error(run("train", "--preset", "huge", "--out", out))
     bad = tmp_path / "bad.npy"
-    np.save(bad, np.zeros((10, 3), np.float32))
-    assert "N×2" in _error(run("train", "--data", str(bad), "--out", out))
+    np.save(bad, np.zeros((10, 3, 2), np.float32))
+    assert "expected an N×D array" in _error(run("train", "--data", str(bad), "--out", out))
     idx = tmp_path / "idx"
     idx.mkdir()
     (idx / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
