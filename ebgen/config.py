@@ -23,6 +23,8 @@ OPTIMIZERS = ("adam", "adagrad")
 ENTROPY_ESTIMATES = ("bn", "mi", "knn")
 LATENTS = ("uniform", "normal")
 ENERGY_ACTIVATIONS = ("leaky_relu", "smooth_leaky_relu", "silu")
+#: The energy's base term (`ModelConfig.base`).
+BASES = ("gaussian", "data", "covariance")
 #: Formats `DataConfig.dataset` names for data read from `path`.
 FILE_FORMATS = ("points", "mnist", "cifar10", "images")
 #: Data sets generated in code (the 2-D sets and the synthetic `shapes` images).
@@ -72,9 +74,13 @@ class ModelConfig:
                                  "offset) so samples can form separate modes with no bridge "
                                  "between them; 0 = one connected latent.")
     base: str = opt("gaussian", "The energy's base term: gaussian (learned isotropic scale and "
-                                "bias) or data (the training data's per-dimension mean and "
-                                "variance, fixed before training).", ("gaussian", "data"))
-    base_min_variance: float = opt(0.05, "Variance floor of the data base (pixels in [-1, 1]).")
+                                "bias), data (the training data's per-dimension mean and "
+                                "variance) or covariance (points: their mean and full "
+                                "covariance, so the energy starts as the data's Gaussian "
+                                "fit); data and covariance are fixed before training.", BASES)
+    base_min_variance: float = opt(0.05, "Variance floor of the data base (pixels in [-1, 1]), "
+                                         "or of the covariance base's eigenvalues "
+                                         "(standardised units).")
     standardize: bool = opt(True, "Points: train the nets on the data standardised per "
                                   "dimension (the affine is saved with the model; inputs and "
                                   "outputs stay in your units; energies include the change of "
@@ -91,8 +97,9 @@ class ModelConfig:
             raise EbgenError(f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
         if self.kind == "image" and self.channels not in (1, 3):
             raise EbgenError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
-        if self.base not in ("gaussian", "data"):
-            raise EbgenError(f"base must be 'gaussian' or 'data', got {self.base!r}")
+        if self.base not in BASES or (self.base == "covariance" and self.kind != "points"):
+            raise EbgenError(f"base must be one of {', '.join(BASES)} (covariance: points "
+                             f"models only), got {self.base!r} for a {self.kind} model")
         if self.energy_activation not in ENERGY_ACTIVATIONS:
             raise EbgenError(f"energy_activation must be one of {ENERGY_ACTIVATIONS}, got "
                              f"{self.energy_activation!r}")

@@ -181,6 +181,9 @@ class EnergyModel(nn.Module):
         if config.base == "data":
             self.register_buffer("base_mean", torch.zeros(input_dim))
             self.register_buffer("base_precision", torch.ones(input_dim))
+        elif config.base == "covariance":
+            self.register_buffer("base_mean", torch.zeros(input_dim))
+            self.register_buffer("base_precision", torch.eye(input_dim))
         else:
             self.log_sigma = nn.Parameter(torch.zeros(()))
             self.bias = nn.Parameter(torch.zeros(input_dim))
@@ -195,17 +198,26 @@ class EnergyModel(nn.Module):
 
     @torch.no_grad()
     def fit_base(self, x: torch.Tensor) -> None:
-        """Set the "data" base to the mean and (floored) variance of training samples `x`."""
+        """Set the "data" base to the mean and (floored) variance of training samples `x`, or
+        the "covariance" base to their mean and inverse covariance (eigenvalues floored)."""
         flat = self.affine.standardise(x).flatten(1).double()
-        variance = flat.var(0, unbiased=False).clamp_min(self.config.base_min_variance)
         self.base_mean.copy_(flat.mean(0))
-        self.base_precision.copy_(1.0 / variance)
+        floor = self.config.base_min_variance
+        if self.config.base == "covariance":
+            centred = flat - flat.mean(0)
+            values, vectors = torch.linalg.eigh(centred.T @ centred / len(flat))
+            self.base_precision.copy_((vectors / values.clamp_min(floor)) @ vectors.T)
+        else:
+            self.base_precision.copy_(1.0 / flat.var(0, unbiased=False).clamp_min(floor))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.affine.standardise(x)
         flat = x.flatten(1)
         if self.config.base == "data":
             prior = 0.5 * ((flat - self.base_mean).pow(2) * self.base_precision).sum(1)
+        elif self.config.base == "covariance":
+            centred = flat - self.base_mean
+            prior = 0.5 * ((centred @ self.base_precision) * centred).sum(1)
         else:
             prior = (flat.pow(2).sum(1) * (0.5 * torch.exp(-2 * self.log_sigma))
                      - flat @ self.bias)

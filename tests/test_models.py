@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from ebgen.errors import EbgenError
 from ebgen.config import ENERGY_ACTIVATIONS, IMAGE_SIZES, ModelConfig
 from ebgen.presets import preset_config
 from ebgen.latents import sample_latents
@@ -180,3 +181,23 @@ def test_smooth_leaky_relu_keeps_the_slopes_and_rounds_the_corner():
     assert slope[0].item() == pytest.approx(0.2) and slope[-1].item() == pytest.approx(1.0)
     assert torch.all(slope[1:] > slope[:-1])          # monotone and convex
     assert curvature[2].item() == pytest.approx(0.2)  # 0.8 · softplus''(0) = 0.8 / 4
+
+
+def test_covariance_base_starts_the_energy_as_the_datas_gaussian_fit():
+    from ebgen.metrics.point_anomaly import GaussianBaseline
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(5000, 3)) @ np.array([[2.0, 0.0, 0.0], [1.5, 0.3, 0.0],
+                                                [0.0, 1.0, 1.0]]) + [100.0, -3.0, 7.0])
+    cfg = ModelConfig(kind="points", data_dim=3, depth=1, energy_width=8, num_experts=4,
+                      base="covariance", base_min_variance=1e-6,
+                      data_shift=x.mean(0).tolist(), data_scale=x.std(0).tolist())
+    energy, _ = build_models(cfg)
+    energy.fit_base(torch.from_numpy(x).float())
+    with torch.no_grad():
+        energy.experts.bias.fill_(-50.0)  # softplus ≈ 0: only the base is left
+    e = energy(torch.from_numpy(x[:100]).float()).detach().double().numpy()
+    maha = GaussianBaseline().fit(x).score(x[:100])
+    np.testing.assert_allclose(e - e.mean(), 0.5 * (maha - maha.mean()), atol=1e-2)
+    with pytest.raises(EbgenError, match="covariance: points models only"):
+        ModelConfig(kind="image", base="covariance")

@@ -101,7 +101,7 @@ class Trainer:
             config.model.data_shift, config.model.data_scale = shift, scale
         torch.manual_seed(config.train.seed)
         energy, generator = build_models(config.model)
-        if config.model.base == "data":
+        if config.model.base in ("data", "covariance"):
             energy.fit_base(self.train_data.batch(torch.arange(
                 min(len(self.train_data), 60_000), device=self.train_data.values.device)))
         return energy, generator
