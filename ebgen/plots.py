@@ -71,10 +71,18 @@ def save_points_plot(samples: np.ndarray, path: str | os.PathLike,
 
     The log-density is shown over a 15-nat range below its peak (bright = likely); optional
     `data` are drawn as faint grey dots. The box defaults to one around samples and data.
+    Points of D ≠ 2 dimensions are shown by their first two columns (a 1-D set on a line),
+    without the landscape (`energy_fn` and `box` are ignored).
     """
     from .metrics.points import default_box, energy_grid
 
-    samples = _to_numpy(samples).reshape(-1, 2)
+    samples = _to_numpy(samples)
+    if samples.ndim == 2 and samples.shape[1] != 2:
+        plane = lambda a: np.pad(a[:, :2], ((0, 0), (0, max(0, 2 - a.shape[1]))))
+        title = f"{title or ''} (columns 1–2 of {samples.shape[1]})".strip()
+        samples, energy_fn, box = plane(samples), None, None
+        data = None if data is None else plane(_to_numpy(data))
+    samples = samples.reshape(-1, 2)
     pool = samples if data is None else np.concatenate([samples, _to_numpy(data).reshape(-1, 2)])
     box = tuple(box) if box is not None else default_box(pool)
     plt = _pyplot()

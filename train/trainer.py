@@ -301,14 +301,9 @@ class Trainer:
             from ebgen.metrics.points import default_box
 
             data = self.train_data.values[:2000].cpu().numpy()
-            title = f"{self._data_name()} — step {self.step}"
-            if x.shape[1] == 2:
-                plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
-                                       box=default_box(data), data=data, title=title)
-            else:  # the first two columns (a 1-D set on a line), no energy landscape
-                plane = lambda a: np.pad(a[:, :2], ((0, 0), (0, max(0, 2 - a.shape[1]))))
-                plots.save_points_plot(plane(x), path, data=plane(data),
-                                       title=f"{title} (columns 1–2 of {x.shape[1]})")
+            plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
+                                   box=default_box(data) if x.shape[1] == 2 else None,
+                                   data=data, title=f"{self._data_name()} — step {self.step}")
         return path
 
 
