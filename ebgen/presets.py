@@ -30,7 +30,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         dict(steps=40, batch_size=32, lr_energy=1e-3, lr_generator=1e-3, beta2=0.999,
              sample_every=20, checkpoint_every=20, log_every=10, num_eval_samples=16)),
     "toy2d": _preset(
-        dict(kind="points", z_dim=16, num_experts=128, energy_width=128, generator_width=128,
+        dict(kind="points", z_dim=16, num_experts=256, energy_width=256, generator_width=128,
              depth=3, num_components=256),
         dict(dataset="8gaussians"),
         # Measured in benchmarks/ablation_2d.py (README): the mutual-information entropy, a
@@ -38,17 +38,22 @@ PRESETS: dict[str, dict[str, dict]] = {
         # score matching, calibration and importance-sampled likelihood take over from R1 and
         # set each well's width and depth and remove the energy's mass off the data, while the
         # nearest-neighbour entropy takes over from MI and gives the samples their true spread.
-        # 256 latent components let the samples form separate modes with no bridges between.
+        # 256 latent components let the samples form separate modes with no bridges between;
+        # their learned weights (component_reweighting) give each mode its share, and a
+        # twice wider energy (256 units, 256 experts) has enough linear pieces for wells of
+        # the data's shape.
         dict(steps=20000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
              gradient_penalty=0.01, score_matching=10.0, score_matching_share=0.5,
              calibration=1.0, likelihood=3.0, calibrate_from=0.5, calibrate_entropy="knn",
-             lr_decay=True, sample_every=5000, checkpoint_every=2000, num_eval_samples=1000)),
+             component_reweighting=0.01, lr_decay=True, sample_every=5000,
+             checkpoint_every=2000, num_eval_samples=1000)),
     # Feature vectors of any dimension (tabular data, embeddings): `--data FILE` (N×D .npy
     # or .csv) sets data_dim. Wider nets than toy2d, one connected latent, the MI entropy
-    # throughout (the kNN estimate and the grid-based terms are for low dimensions).
+    # throughout (the kNN estimate and the grid-based terms are for low dimensions), and the
+    # covariance base: the energy starts as the data's Gaussian fit, the experts learn the rest.
     "tabular": _preset(
         dict(kind="points", z_dim=32, num_experts=256, energy_width=256, generator_width=256,
-             depth=3),
+             depth=3, base="covariance", base_min_variance=0.01),
         dict(dataset="points"),
         dict(steps=5000, batch_size=256, lr_energy=1e-3, lr_generator=1e-3, entropy="mi",
              gradient_penalty=0.01, lr_decay=True, sample_every=1000, checkpoint_every=1000,
