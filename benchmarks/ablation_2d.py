@@ -28,12 +28,15 @@ TOY_SET_NAMES = ("8gaussians", "25gaussians", "swissroll", "unequal", "anisotrop
                  "spirals", "moons", "faraway")
 
 #: name → config overrides on top of the toy2d preset (the default recipe is the preset itself).
+#: Issue 13's second step (the default until the wider energy and learned component weights).
+STEP2 = {"energy_width": 128, "num_experts": 128, "component_reweighting": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "step2": STEP2,
     # The default before issue 13: MI entropy throughout, no importance-sampled likelihood.
-    "previous": {"likelihood": 0.0, "calibrate_entropy": None, "num_components": 0},
+    "previous": {**STEP2, "likelihood": 0.0, "calibrate_entropy": None, "num_components": 0},
     # Issue 13's first step: one connected latent, likelihood weight 1.
-    "connected": {"num_components": 0, "likelihood": 1.0},
+    "connected": {**STEP2, "num_components": 0, "likelihood": 1.0},
     "paper": {"recipe": "paper"},
     "gan": {"objective": "gan"},
 }

@@ -31,6 +31,25 @@ def load_model(path, device: str = "auto", threads: int | None = None):
     return InferenceModel(resolve_model_path(path), device, threads)
 
 
+def load_torch(path, device: str = "cpu"):
+    """The PyTorch nets of a model, for gradients (`ebgen.torch_model.TorchModel`: energy,
+    energy_grad, latent_energy_grad, generate, interpolate). `path` is a checkpoint, a model
+    directory from `ebgen export` (its torch/ folder) or a bundled model that carries its
+    weights. Needs torch (`ebgen[train]`).
+
+        >>> ebgen.load_torch("ring").energy_grad([[0.0, 2.0]])   # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from .runtime import resolve_model_path as resolve
+    from .torch_model import TorchModel, torch_directory
+
+    checkpoint = Path(path).expanduser()
+    if checkpoint.is_dir() and (checkpoint / "config.json").is_file():
+        return TorchModel(checkpoint, device)
+    return TorchModel(torch_directory(resolve(path)), device)
+
+
 def calibrate(model, x, fpr: float = 0.01, out=None, source: str = ""):
     """Calibrate a model's anomaly decisions on clean held-out samples `x`; returns the
     `ebgen.calibration.Calibration` written to the model directory's calibration.json.

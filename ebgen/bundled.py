@@ -59,7 +59,7 @@ def model_card(name: str) -> dict[str, Any]:
     info = _read_json(path / MODEL_FILE)
     recipe = _read_json(path / RECIPE_FILE)
     quality = _read_json(path / QUALITY_FILE)
-    size = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return {"name": name, "kind": info.get("kind"), "sample_shape": info.get("sample_shape"),
             "size_bytes": size, "data": recipe.get("data", ""),
             "objective": recipe.get("config", {}).get("train", {}).get("objective"),

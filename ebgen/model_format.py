@@ -32,6 +32,8 @@
                                      "onnx_version", "exported_at" (UTC ISO time),
                                      "config": the training Config dict}
     archives                        {"generate": "generate.mar", "score": "score.mar"} or {}
+    torch                           "torch": the folder holding the PyTorch weights and
+                                    config.json (a weights-only checkpoint; `load_torch`)
 
 Reading it needs no torch: servers and `ebgen.load_model` use this module alone.
 """

@@ -36,6 +36,7 @@ GENERATOR_ONNX = "generator.onnx"
 GENERATOR_UINT8_ONNX = "generator_uint8.onnx"
 ENERGY_ONNX = "energy.onnx"
 CALIBRATION_FILE = "calibration.json"  # `ebgen calibrate`: threshold and tail (optional)
+TORCH_DIR = "torch"                    # the PyTorch weights and config (`ebgen.load_torch`)
 
 # TorchServe archives (ebgen export): one per kind, also its TorchServe model name, each with
 # the ebgen.serve handler module of that name.

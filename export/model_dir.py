@@ -30,7 +30,7 @@ from ebgen.latents import sample_latents
 from ebgen.model_format import MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANTILE_LEVELS
 from ebgen.names import (BATCH_AXIS, ENERGY_INPUT, ENERGY_ONNX, ENERGY_OUTPUT, GENERATOR_INPUT,
                          GENERATOR_ONNX, GENERATOR_OUTPUT, GENERATOR_UINT8_ONNX,
-                         GENERATOR_UINT8_OUTPUT, MODEL_FILE)
+                         GENERATOR_UINT8_OUTPUT, MODEL_FILE, TORCH_DIR)
 from ebgen.pixels import PIXEL_RANGE
 
 from .archive import ARCHIVE_KINDS, HANDLER_FILES, archive_name, build_archive
@@ -64,7 +64,7 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
         >>> export_model("runs/tiny", "models/tiny", force=True)  # doctest: +SKIP
         PosixPath('models/tiny')
     """
-    from ebgen.checkpoint import load_checkpoint
+    from ebgen.checkpoint import load_checkpoint, save_checkpoint
 
     started = time.perf_counter()
     if quantile_samples < 1:
@@ -86,6 +86,7 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
         info = model_info(config, meta, checkpoint, name, opset, files, parity, quantiles,
                           bool(handlers))
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        save_checkpoint(tmp / TORCH_DIR, config, energy, generator, meta.get("step", 0))
         for kind, kind_handler in handlers.items():
             say(f"building {archive_name(kind)}")
             build_archive(tmp, kind, kind_handler, tmp)
@@ -185,6 +186,7 @@ def model_info(config: Config, meta: dict[str, Any], checkpoint: Path, name: str
                        "onnx_version": onnx.__version__, "exported_at": now,
                        "config": config.to_dict()},
         "archives": {kind: archive_name(kind) for kind in ARCHIVE_KINDS} if archives else {},
+        "torch": TORCH_DIR,
     })
     return info
 

@@ -43,7 +43,7 @@ def test_three_models_ship_with_cards():
         assert card["train_seconds"] > 0 and card["data"]
         assert card["metrics"], f"{name} has no measured metrics"
         total += card["size_bytes"]
-    assert total < 8e6, f"bundled models take {total / 1e6:.1f} MB"
+    assert total < 10e6, f"bundled models take {total / 1e6:.1f} MB"  # ONNX + 2-D weights
 
 
 def test_ebgen_models_lists_size_data_and_metrics():

@@ -1,0 +1,58 @@
+"""PyTorch weights travel: `ebgen export` writes them into the model directory, and
+`ebgen.load_torch` gives nets that agree with onnxruntime and provide gradients."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ebgen
+from ebgen.errors import EbgenError
+
+
+def test_exported_model_directory_carries_weights_that_match_onnx(tiny_model_dir, model):
+    assert (tiny_model_dir / "torch" / "config.json").is_file()
+    assert model.info["torch"] == "torch"
+    torch_model = ebgen.load_torch(tiny_model_dir)
+    x = model.generate(6, seed=3)
+    np.testing.assert_allclose(torch_model.generate(6, seed=3), x, atol=1e-5)
+    np.testing.assert_allclose(torch_model.energy(x), model.energy(x), rtol=1e-4, atol=1e-3)
+    with pytest.raises(EbgenError, match="NaN"):
+        torch_model.energy(np.full_like(x, np.nan))
+
+
+def test_energy_grad_is_the_gradient_of_the_energy():
+    model = ebgen.load_torch("ring")
+    x = np.random.default_rng(0).uniform(-2.5, 2.5, (200, 2))
+    grad = model.energy_grad(x)
+    unit = grad / np.linalg.norm(grad, axis=1, keepdims=True)
+    e = model.energy(x)
+    assert np.all(model.energy(x - 1e-3 * unit) < e)   # against the gradient: downhill
+    assert np.all(model.energy(x + 1e-3 * unit) > e)
+    eps = 1e-3  # central differences (piecewise-linear energy: a few straddle a kink)
+    steps = eps * np.eye(2)
+    numeric = np.stack([(model.energy(x + step) - model.energy(x - step)) / (2 * eps)
+                        for step in steps], 1)
+    relative = np.linalg.norm(numeric - grad, axis=1) / np.linalg.norm(grad, axis=1)
+    assert np.median(relative) < 0.01 and np.mean(relative < 0.05) > 0.9
+    z = model.latents(3, seed=1)
+    assert model.latent_energy_grad(z).shape == z.shape
+
+
+def test_interpolation_keeps_the_ends_and_the_latent_range():
+    model = ebgen.load_torch("grid")
+    z0, z1 = model.latents(2, seed=0)
+    path = model.interpolate(z0, z1, 5)
+    assert path.shape == (5, len(z0))
+    np.testing.assert_allclose(path[[0, -1]], [z0, z1], atol=1e-6)
+    assert np.abs(path).max() <= 1.0  # a uniform latent stays in its cube
+    assert model.generate_from_latents(path).shape == (5, 2)
+
+
+def test_models_without_weights_say_how_to_get_them(tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, copy)
+    shutil.rmtree(copy / "torch")
+    with pytest.raises(EbgenError, match="carries no PyTorch weights"):
+        ebgen.load_torch(copy)
