@@ -20,8 +20,14 @@ from .options import device_option, model_arguments, pick_model, seed_option
 @click.option("--format", "fmt", type=click.Choice(["png", "npy"]), default=None,
               help="png (uint8 images) or npy (float32 N×C×H×W in [-1, 1]). "
                    "(default: from --out's suffix, else png)")
+@click.option("--refine-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Latent-space MALA steps on E(G(z)) + the latent's prior before decoding "
+                   "(Kumar et al. 2019; needs the model's PyTorch weights and torch).")
+@click.option("--refine-step-size", type=click.FloatRange(0, min_open=True), default=0.05,
+              show_default=True, help="The MALA step size in latent units.")
 @device_option()
-def generate_command(model, model_option, num_samples, seed, out, grid, fmt, device) -> None:
+def generate_command(model, model_option, num_samples, seed, out, grid, fmt, refine_steps,
+                     refine_step_size, device) -> None:
     """Draw samples from a model's generator (same seed, same pixels as the servers).
 
     MODEL is a model directory, a checkpoint directory or a bundled model name (see
@@ -34,6 +40,7 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
       ebgen generate models/tiny -n 16 --seed 0 --out samples/
       ebgen generate models/tiny -n 64 --out grid.png
       ebgen generate models/tiny -n 1000 --format npy --out samples.npy
+      ebgen generate --model grid -n 1000 --refine-steps 20 --out grid.npy
     """
     from ebgen import load_model
     from ebgen.files import atomic_write_bytes
@@ -50,6 +57,8 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
     if num_samples < 1:
         raise click.UsageError("-n must be at least 1")
     m = load_model(model, device)
+    if refine_steps:
+        m = _Refined(m, model, refine_steps, refine_step_size, seed)
     single_file = suffix in (".png", ".npy")
     per_sample = fmt == "png" and not grid and not single_file
     if m.kind != "image" and fmt == "png":
@@ -76,3 +85,23 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, dev
     name = "samples.npy" if fmt == "npy" else "grid.png"
     atomic_write_bytes(target / name, reply.body)
     click.echo(f"{num_samples} samples (seed {seed}) in {target / name}")
+
+
+class _Refined:
+    """An `InferenceModel` whose generator first refines its latents by latent-space MALA
+    (`ebgen.torch_model.TorchModel.refine`); everything else is the model's own."""
+
+    def __init__(self, model, name: str, steps: int, step_size: float, seed: int) -> None:
+        import ebgen
+
+        self._model, self._torch = model, ebgen.load_torch(name)
+        self._steps, self._step_size, self._seed = steps, step_size, seed
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def generate_from_latents(self, z):
+        z, accepted = self._torch.refine(z, self._steps, self._step_size, self._seed)
+        click.echo(f"refined the latents: {self._steps} MALA steps of {self._step_size:g}, "
+                   f"{100 * accepted:.0f} % of moves accepted", err=True)
+        return self._model.generate_from_latents(z)

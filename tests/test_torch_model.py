@@ -56,3 +56,36 @@ def test_models_without_weights_say_how_to_get_them(tiny_model_dir, tmp_path):
     shutil.rmtree(copy / "torch")
     with pytest.raises(EbgenError, match="carries no PyTorch weights"):
         ebgen.load_torch(copy)
+
+
+def test_latent_mala_moves_towards_low_energy_and_stays_in_the_latent_cube():
+    model = ebgen.load_torch("grid")
+    z = model.latents(500, seed=2)
+    same, _ = model.refine(z, steps=0)
+    np.testing.assert_array_equal(same, z)
+    refined, accepted = model.refine(z, steps=10, step_size=0.05, seed=1)
+    assert 0.2 < accepted <= 1.0 and np.abs(refined).max() <= 1.0
+    raw_energy = model.energy(model.generate_from_latents(z)).mean()
+    assert model.energy(model.generate_from_latents(refined)).mean() < raw_energy
+    again, _ = model.refine(z, steps=10, step_size=0.05, seed=1)
+    np.testing.assert_array_equal(again, refined)  # seeded
+    with pytest.raises(EbgenError, match="step_size must be positive"):
+        model.refine(z, steps=1, step_size=0.0)
+
+
+def test_generate_refine_steps_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from ebgen.cli.main import cli
+
+    out = tmp_path / "grid.npy"
+    result = CliRunner().invoke(cli, ["generate", "--model", "grid", "-n", "50",
+                                      "--refine-steps", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "MALA steps" in result.output and np.load(out).shape == (50, 2)
+    raw = tmp_path / "raw.npy"
+    CliRunner().invoke(cli, ["generate", "--model", "grid", "-n", "50", "--out", str(raw)])
+    assert not np.allclose(np.load(raw), np.load(out))
+    refused = CliRunner().invoke(cli, ["generate", "-n", "4", "--refine-steps", "5",
+                                       "--out", str(tmp_path / "m.png")])
+    assert refused.exit_code == 2 and "carries no PyTorch weights" in refused.output
