@@ -42,12 +42,12 @@ def calibrate_command(model, inputs, fpr, out, as_json) -> None:
     from .score import read_score_inputs
 
     directory = ebgen.resolve_model_path(model)
-    x = np.concatenate([a for _, a in read_score_inputs(InferenceModel(directory, "cpu"),
-                                                        inputs)])
+    m = InferenceModel(directory, "cpu")
+    x = np.concatenate([a for _, a in read_score_inputs(m, inputs)])
     calibration = ebgen.calibrate(model, x, fpr=fpr, out=out,
                                   source=" ".join(inputs)[:200])
     target = out or directory
-    flagged = float(calibration.is_anomaly(ebgen.load_model(target, "cpu").energy(x)).mean())
+    flagged = float(calibration.is_anomaly(m.energy(x)).mean())  # the same nets
     if as_json:
         click.echo(json.dumps({"model": str(target), "flagged": flagged,
                                **calibration.to_dict()}, indent=2))

@@ -41,11 +41,12 @@ def load_torch(path, device: str = "cpu"):
     """
     from pathlib import Path
 
+    from .names import CONFIG_FILE
     from .runtime import resolve_model_path as resolve
     from .torch_model import TorchModel, torch_directory
 
     checkpoint = Path(path).expanduser()
-    if checkpoint.is_dir() and (checkpoint / "config.json").is_file():
+    if (checkpoint / CONFIG_FILE).is_file():  # a training checkpoint: its own weights
         return TorchModel(checkpoint, device)
     return TorchModel(torch_directory(resolve(path)), device)
 

@@ -116,7 +116,7 @@ def check_samples(x: Any, sample_shape: Sequence[int]) -> np.ndarray:
     x = np.asarray(x)
     shape = tuple(int(s) for s in sample_shape)
     image = len(shape) == 3
-    if x.dtype.kind not in "iufb" or x.dtype.kind == "b":
+    if x.dtype.kind not in "iuf":
         raise RequestError(422, f"input of dtype {x.dtype}: expected numbers"
                            + (" (uint8 pixels or floats in [-1, 1])" if image else ""))
     if not image and x.dtype.kind in "iu":

@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint
 from .errors import EbgenError
 from .inputs import check_num_samples, check_samples, check_seed
 from .latents import sample_latents
-from .names import CONFIG_FILE, MODEL_FILE, TORCH_DIR
+from .names import CONFIG_FILE, TORCH_DIR
 
 
 class TorchModel:
@@ -135,9 +135,7 @@ class TorchModel:
 
 
 def torch_directory(model_dir: Path) -> Path:
-    """Where the PyTorch weights of a resolved model path live (a checkpoint: itself)."""
-    if (model_dir / CONFIG_FILE).is_file() and not (model_dir / MODEL_FILE).is_file():
-        return model_dir
+    """Where the PyTorch weights of a model directory live (its torch/ folder)."""
     folder = model_dir / TORCH_DIR
     if not (folder / CONFIG_FILE).is_file():
         raise EbgenError(f"{model_dir} carries no PyTorch weights (no {TORCH_DIR}/ folder): "

@@ -66,6 +66,17 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError(f"no {span} consecutive free ports")
 
 
+def torchserve_config(model_dir, workdir, **options):
+    """A `TorchServeConfig` for `model_dir` on five free 127.0.0.1 ports of its own
+    (inference, management, metrics and the two gRPC APIs), writing into `workdir`."""
+    from ebgen.serve.torchserve import TorchServeConfig
+
+    port = free_port(5)
+    return TorchServeConfig(str(model_dir), port=port, management_port=port + 1,
+                            metrics_port=port + 2, grpc_inference_port=port + 3,
+                            grpc_management_port=port + 4, workdir=str(workdir), **options)
+
+
 def stop_process(proc, grace: float = 20.0) -> None:
     """Ctrl-C a server started in its own process group; SIGKILL it if it lingers."""
     import os

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import free_port, http_service
+from conftest import http_service, torchserve_config
 from ebgen.calibration import (MIN_SAMPLES, fit_calibration, read_calibration,
                                write_calibration)
 from ebgen.cli.main import cli
@@ -145,16 +145,13 @@ def test_torchserve_archive_carries_the_calibration(calibrated, tmp_path):
 
     from ebgen import load_model
     from ebgen.serve import codecs
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+    from ebgen.serve.torchserve import TorchServe
 
     directory, clean = calibrated
     if not (directory / "score.mar").exists():
         pytest.skip("the tiny model was exported without archives")
     assert "calibration.json" in zipfile.ZipFile(directory / "score.mar").namelist()
-    port = free_port(5)
-    cfg = TorchServeConfig(str(directory), port=port, management_port=port + 1,
-                           metrics_port=port + 2, grpc_inference_port=port + 3,
-                           grpc_management_port=port + 4, workdir=str(tmp_path / "ts"))
+    cfg = torchserve_config(directory, tmp_path / "ts")
     with TorchServe(cfg) as server:
         server.wait_ready(150)
         answer = httpx.post(server.url("score"), content=codecs.encode_npy(clean[:4]),

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from conftest import bad_requests, free_port
+from conftest import bad_requests, torchserve_config
 from ebgen.images import tile_images
 from ebgen.pixels import unit_to_uint8
 from ebgen.serve import codecs
@@ -24,15 +24,10 @@ BODY_CAP = 2**20
 
 @pytest.fixture(scope="module")
 def ts(tiny_model_dir, tmp_path_factory):
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+    from ebgen.serve.torchserve import TorchServe
 
-    port = free_port(5)
-    port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
-    cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
-                           metrics_port=metrics, grpc_inference_port=grpc,
-                           grpc_management_port=grpc_mgmt, max_batch_size=4, max_delay_ms=20,
-                           workdir=str(tmp_path_factory.mktemp("ts")),
-                           limits=Limits(max_body_bytes=BODY_CAP))
+    cfg = torchserve_config(tiny_model_dir, tmp_path_factory.mktemp("ts"), max_batch_size=4,
+                            max_delay_ms=20, limits=Limits(max_body_bytes=BODY_CAP))
     with TorchServe(cfg) as server:
         server.wait_ready(150)
         yield server
@@ -72,14 +67,10 @@ def test_keys_are_renewed_before_they_expire(tiny_model_dir, tmp_path):
     import time
 
     from ebgen.serve.health import healthcheck, read_token
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+    from ebgen.serve.torchserve import TorchServe
 
-    port = free_port(5)
-    port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
-    cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
-                           metrics_port=metrics, grpc_inference_port=grpc,
-                           grpc_management_port=grpc_mgmt, workdir=str(tmp_path),
-                           token_expiration_min=0.1)
+    cfg = torchserve_config(tiny_model_dir, tmp_path, token_expiration_min=0.1)
+    port = cfg.port
     with TorchServe(cfg) as server:
         server.wait_ready(150)
         first = read_token(tmp_path)
@@ -97,17 +88,13 @@ def test_keys_are_renewed_before_they_expire(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_second_instance_runs_beside_the_first_on_its_own_ports(ts, tiny_model_dir, tmp_path):
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+    from ebgen.serve.torchserve import TorchServe
 
     props = dict(line.split("=", 1) for line in
                  (ts.workdir / "config.properties").read_text().splitlines())
     assert props["grpc_inference_port"] == str(ts.cfg.grpc_inference_port)
     assert props["grpc_management_port"] == str(ts.cfg.grpc_management_port)
-    port = free_port(5)
-    port, mgmt, metrics, grpc, grpc_mgmt = range(port, port + 5)
-    cfg = TorchServeConfig(str(tiny_model_dir), port=port, management_port=mgmt,
-                           metrics_port=metrics, grpc_inference_port=grpc,
-                           grpc_management_port=grpc_mgmt, workdir=str(tmp_path))
+    cfg = torchserve_config(tiny_model_dir, tmp_path)
     with TorchServe(cfg) as second:
         second.wait_ready(150)
         for server in (ts, second):
@@ -255,13 +242,10 @@ def test_a_points_model_becomes_ready_and_answers(tmp_path):
     """The readiness probe asked for a PNG, which a points model refuses (422): `ebgen serve
     ring --engine torchserve` waited until its start-up timeout. It asks for .npy now."""
     from ebgen import load_model, resolve_model_path
-    from ebgen.serve.torchserve import TorchServe, TorchServeConfig
+    from ebgen.serve.torchserve import TorchServe
 
     ring = resolve_model_path("ring")
-    port = free_port(5)
-    cfg = TorchServeConfig(str(ring), port=port, management_port=port + 1,
-                           metrics_port=port + 2, grpc_inference_port=port + 3,
-                           grpc_management_port=port + 4, workdir=str(tmp_path / "ts"))
+    cfg = torchserve_config(ring, tmp_path / "ts")
     with TorchServe(cfg) as server:
         server.wait_ready(150)
         with httpx.Client(headers=server.auth_headers(), timeout=60) as c:
