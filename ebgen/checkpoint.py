@@ -242,3 +242,19 @@ def load_trainer_state(directory: str | Path) -> dict[str, Any]:
         return state
 
     return _read_consistently(directory, read)
+
+
+def check_fresh_out_dir(out_dir: Path) -> None:
+    """Refuse to start a fresh run in a directory that already holds a checkpoint."""
+    if (out_dir / CONFIG_FILE).exists():
+        raise CheckpointError(f"{out_dir} already holds a checkpoint: pass --resume to "
+                              f"continue it, or choose another --out")
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines()
+             if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in lines), durable=True)

@@ -1,4 +1,5 @@
 """The stabilising ingredients of the default recipe, and the recipes themselves."""
+import copy
 import json
 import math
 import subprocess
@@ -17,7 +18,7 @@ from ebgen.losses import (calibration_loss, gradient_penalty, importance_weights
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import METRICS_FILE
 from ebgen.train import Trainer, train
-from ebgen.train.energy_terms import TermWeights
+from ebgen.train.energy_terms import TermWeights, energy_terms
 
 
 @pytest.mark.parametrize("std", [0.05, 1.0])
@@ -193,14 +194,16 @@ def test_score_matching_share_noises_that_share_of_the_batch(tmp_path):
 
 
 @pytest.mark.parametrize("terms, forwards", [
-    # (energy terms, [(rows, need ∇ₓE)] of the energy step's forward passes), batch 32
-    (dict(), [(64, False)]),                                        # data + samples, no penalty
-    (dict(gradient_penalty=1.0), [(32, False), (32, True)]),        # R1: data rows graded
-    (dict(score_matching=1.0, score_matching_share=0.5), [(64, False), (16, True)]),
+    # (energy terms, [(rows, need ∇ₓE)] of the energy step's forward passes), batch 32; DDGM
+    # reuses the generator step's E(samples), a GAN (non-linear in E) runs them again
+    (dict(), [(32, False)]),                                        # data, no penalty
+    (dict(gradient_penalty=1.0), [(32, True)]),                     # R1: data rows graded
+    (dict(score_matching=1.0, score_matching_share=0.5), [(32, False), (16, True)]),
     (dict(gradient_penalty=1.0, score_matching=1.0, score_matching_share=0.25),
-     [(32, False), (40, True)]),                                    # data + 8 noisy rows
+     [(40, True)]),                                                 # data + 8 noisy rows
     (dict(objective="gan", gradient_penalty=1.0), [(32, False), (32, True)]),
-    (dict(likelihood=1.0), [(64, False), (32, False)]),            # + the known proposal
+    (dict(energy_magnitude=1.0), [(64, False)]),                    # E(samples)² needs its own
+    (dict(likelihood=1.0), [(64, False)]),                          # data + the proposal
 ])
 def test_only_rows_a_penalty_needs_pay_the_double_backward(tmp_path, terms, forwards):
     weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
@@ -214,6 +217,27 @@ def test_only_rows_a_penalty_needs_pay_the_double_backward(tmp_path, terms, forw
     trainer.train_step()
     assert seen[0] == (32, True)  # the generator step (its samples carry G's graph)
     assert seen[1:] == forwards
+
+
+@pytest.mark.parametrize("terms", [dict(), dict(gradient_penalty=1.0),
+                                   dict(score_matching=1.0, likelihood=1.0, entropy="knn")])
+def test_reused_sample_energies_give_the_energy_step_its_own_gradient(tmp_path, terms):
+    """The energy's gradient after a step equals that of its loss computed afresh."""
+    weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
+                   calibrate_from=0.0) | terms
+    config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
+                           generator_width=16, num_experts=8, num_points=2048, **weights)
+    trainer = Trainer(config, tmp_path, progress=False)
+    energy, generator = copy.deepcopy(trainer.energy), copy.deepcopy(trainer.generator)
+    x, z = trainer._draw()  # the step's draws (and its seed of any noise)
+    rng = torch.get_rng_state()
+    x_fake = generator(z).detach()
+    energy_terms(energy, x, x_fake, config.train, trainer._energy_term_weights()).loss.backward()
+    torch.set_rng_state(rng)
+    trainer._draw = lambda: (x, z)
+    trainer.train_step()
+    for (name, p), reference in zip(trainer.energy.named_parameters(), energy.parameters()):
+        assert torch.allclose(p.grad, reference.grad, rtol=1e-4, atol=1e-6), name
 
 
 def test_bad_energy_terms_are_refused_clearly(tmp_path):

@@ -13,7 +13,10 @@
 Only the terms whose weight is on appear. Penalties live in the nets' standardised coordinates
 u = (x − shift) / scale, so their weights and noise std mean the same at any location and
 scale of the data. Rows a penalty needs ∇ₓE at (data for R1, noisy data for score matching) go
-through their own forward pass, so only they pay the double backward.
+through their own forward pass, so only they pay the double backward. The samples' energies
+can come from the caller: the Trainer's DDGM generator step has already run E on the samples
+and taken the gradient of their mean (the contrast's sample half, up to its sign), so the
+energy step does not run them again.
 """
 from __future__ import annotations
 
@@ -53,8 +56,13 @@ class EnergyStep:
 
 
 def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
-                 cfg: TrainConfig, weights: TermWeights) -> EnergyStep:
-    """The energy step's terms for data `x` and detached samples `x_fake`."""
+                 cfg: TrainConfig, weights: TermWeights,
+                 energy_samples: torch.Tensor | None = None) -> EnergyStep:
+    """The energy step's terms for data `x` and detached samples `x_fake`.
+
+    Given `energy_samples` (E(x_fake), detached: the caller supplies their gradient), the
+    samples are not run through the energy again; the terms' values are the same.
+    """
     net = unwrap(energy)
     standardise, scale = net.affine.standardise, net.input_scale
     n = len(x)
@@ -65,25 +73,33 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
         noisy = x[:max(1, round(cfg.score_matching_share * n))]
         noise = torch.randn_like(noisy)
         graded.append(noisy if exact else noisy + cfg.score_matching_std * scale * noise)
-    plain = [x_fake] if r1 > 0 else [x, x_fake]
-    plain_energies = energy(torch.cat(plain))
-    energy_samples = plain_energies[-n:]
+    # Rows that need no ∇ₓE share one forward pass: data (unless R1 grades them), the samples
+    # (unless given) and the likelihood's proposal points.
+    plain = {"data": x} if r1 == 0 else {}
+    if energy_samples is None:
+        plain["samples"] = x_fake
+    likelihood = cfg.objective == "ddgm" and weights.likelihood > 0
+    if likelihood:
+        y, log_q = kde_proposal(standardise(x), n, k=cfg.entropy_neighbours)
+        plain["proposal"] = net.affine.restore(y)
+    energies = dict(zip(plain, energy(torch.cat(list(plain.values()))).split(
+        [len(rows) for rows in plain.values()]))) if plain else {}
     if graded:
         inputs = torch.cat(graded).requires_grad_(True)
         graded_energies = energy(inputs)
         grad = input_gradients(graded_energies, inputs) * scale  # ∇ᵤE
-    energy_data = graded_energies[:n] if r1 > 0 else plain_energies[:n]
+    energy_data = graded_energies[:n] if r1 > 0 else energies["data"]
+    if energy_samples is None:
+        energy_samples = energies["samples"]
     terms: dict[str, torch.Tensor] = {}
     if cfg.objective == "ddgm":
         terms["contrast"] = energy_loss(energy_data, energy_samples)
         if weights.calibration > 0:
             terms["calibration"] = weights.calibration * calibration_loss(
                 energy_data, standardise(x), cfg.entropy_neighbours)
-        if weights.likelihood > 0:
-            y, log_q = kde_proposal(standardise(x), n, k=cfg.entropy_neighbours)
-            energy_y = energy(net.affine.restore(y))
-            terms["likelihood"] = weights.likelihood * likelihood_loss(energy_data, energy_y,
-                                                                       log_q)
+        if likelihood:
+            terms["likelihood"] = weights.likelihood * likelihood_loss(
+                energy_data, energies["proposal"], log_q)
     else:
         terms["contrast"] = gan_discriminator_loss(energy_data, energy_samples)
     if r1 > 0:
