@@ -156,11 +156,11 @@ def main() -> None:
                         help="an ebgen config override (repeatable)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--json", default=None, help="write every task's figures here")
-    parser.add_argument("--from-json", default=None, metavar="FILE",
-                        help="train nothing: print the tables of an earlier --json file")
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                        help="train nothing: print the tables of earlier --json files")
     args = parser.parse_args()
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())
+        rows = [row for f in args.from_json for row in json.loads(Path(f).read_text())]
     else:
         overrides = {k: parse_value(v) for k, _, v in (s.partition("=") for s in args.set)}
         if args.steps is not None:
