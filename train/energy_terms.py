@@ -82,8 +82,10 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     if likelihood:
         y, log_q = kde_proposal(standardise(x), n, k=cfg.entropy_neighbours)
         plain["proposal"] = net.affine.restore(y)
-    energies = dict(zip(plain, energy(torch.cat(list(plain.values()))).split(
-        [len(rows) for rows in plain.values()]))) if plain else {}
+    energies: dict[str, torch.Tensor] = {}
+    if plain:
+        sizes = [len(rows) for rows in plain.values()]
+        energies = dict(zip(plain, energy(torch.cat(list(plain.values()))).split(sizes)))
     if graded:
         inputs = torch.cat(graded).requires_grad_(True)
         graded_energies = energy(inputs)
