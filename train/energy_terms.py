@@ -55,6 +55,13 @@ class EnergyStep:
         return sum(self.terms.values())  # 0 + the first term is that term, exactly
 
 
+def reuses_sample_energies(cfg: TrainConfig) -> bool:
+    """Whether the energy step's loss is linear in E(samples), so that the generator step's
+    gradient of mean E(samples) can stand in for its sample half: DDGM without the magnitude
+    term (a GAN's loss and E(samples)² need the samples run again)."""
+    return cfg.objective == "ddgm" and cfg.energy_magnitude == 0
+
+
 def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
                  cfg: TrainConfig, weights: TermWeights,
                  energy_samples: torch.Tensor | None = None) -> EnergyStep:

@@ -3,8 +3,8 @@
 Each step draws one minibatch of data and latents, takes a generator step (DDGM: lower
 E(G(z)) − H(G); GAN: non-saturating loss), then an energy step on the data and the generator's
 (detached) samples; a DDGM energy step reuses the generator step's E(samples) and its gradient.
-Randomness is derived from (seed, step, rank), so a resumed run draws exactly
-what the uninterrupted run would have drawn; optimiser state and step live in trainer_state.pt.
+Randomness is derived from (seed, step, rank), so a resumed run draws exactly what the
+uninterrupted run would have drawn; optimiser state and step live in trainer_state.pt.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import METRICS_FILE, SAMPLES_DIR
 
 from .distributed import barrier, setup_runtime, teardown_runtime
-from .energy_terms import TermWeights, energy_terms
+from .energy_terms import TermWeights, energy_terms, reuses_sample_energies
 
 #: The seed stream of the fixed latents used for sample grids (distinct from per-step streams).
 _FIXED_LATENT_STREAM = 0xF1ED
@@ -167,11 +167,16 @@ class Trainer:
             self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
-        # DDGM: the energy's gradient is now that of mean E(samples), the contrast's sample half
-        # with the opposite sign, so the energy step reuses it instead of running E again.
-        shared = cfg.objective == "ddgm" and cfg.energy_magnitude == 0
-        for grad in (p.grad for p in self.energy.parameters() if p.grad is not None):
-            grad.neg_() if shared else grad.zero_()
+        # The energy's gradient is now that of mean E(samples): where the energy step's loss is
+        # linear in E(samples) it is that loss's sample half with the opposite sign, so the
+        # energy step reuses it instead of running the samples through E again.
+        shared = reuses_sample_energies(cfg)
+        if shared:
+            for p in self.energy.parameters():
+                if p.grad is not None:
+                    p.grad.neg_()
+        else:
+            self.energy_opt.zero_grad(set_to_none=True)
         if log_q is not None and cfg.component_reweighting > 0 \
                 and self.config.model.num_components:
             components = unwrap(self.generator).components
