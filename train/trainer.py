@@ -167,14 +167,12 @@ class Trainer:
             self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
-        # The energy's gradient is now that of mean E(samples): where the energy step's loss is
-        # linear in E(samples) it is that loss's sample half with the opposite sign, so the
-        # energy step reuses it instead of running the samples through E again.
+        # The energy's gradient is now that of mean E(samples): negated, the sample half of a
+        # loss linear in E(samples), which the energy step then need not compute again.
         shared = reuses_sample_energies(cfg)
         if shared:
-            for p in self.energy.parameters():
-                if p.grad is not None:
-                    p.grad.neg_()
+            for grad in (p.grad for p in self.energy.parameters() if p.grad is not None):
+                grad.neg_()
         else:
             self.energy_opt.zero_grad(set_to_none=True)
         if log_q is not None and cfg.component_reweighting > 0 \
