@@ -10,8 +10,26 @@ from .options import device_option, json_option
 
 @click.command("export")
 @click.argument("checkpoint", metavar="CKPT_DIR")
-@click.option("--out", required=True, metavar="MODEL_DIR",
-              help="Model directory to write (model.json, ONNX files, TorchServe archives).")
+@click.option("--out", required=True, metavar="DIR",
+              help="Model directory to write (model.json, ONNX files, TorchServe archives); "
+                   "with --format triton, the Triton model repository.")
+@click.option("--format", "out_format", type=click.Choice(["model-dir", "triton"]),
+              default="model-dir", show_default=True,
+              help="triton: a Triton model repository (generator, energy and the "
+                   "generator_energy ensemble, each with its config.pbtxt) from CKPT_DIR, "
+                   "a model directory or a bundled model name.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              metavar="N", help="triton: the largest batch Triton's dynamic batcher forms.")
+@click.option("--instances", default="auto", show_default=True, metavar="KIND[:COUNT]",
+              help="triton: instance group of each network: auto (a GPU when present), cpu, "
+                   "gpu, or with a count (cpu:4, gpu:2).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="N", help="triton: onnxruntime intra-op threads per instance "
+                                "(0 = onnxruntime's choice, all cores).")
+@click.option("--max-queue-delay-us", type=click.IntRange(min=0), default=0,
+              show_default=True, metavar="US",
+              help="triton: how long the dynamic batcher waits to fill a batch (0: it "
+                   "batches what queued while the last batch ran).")
 @click.option("--force", is_flag=True,
               help="Replace an existing model directory at --out.")
 @click.option("--no-archive", is_flag=True,
@@ -24,7 +42,8 @@ from .options import device_option, json_option
               help="Model name in model.json. (default: the checkpoint folder's name)")
 @device_option(default="cpu")
 @json_option()
-def export_command(checkpoint, out, force, no_archive, opset, quantile_samples, name, device,
+def export_command(checkpoint, out, out_format, max_batch_size, instances, threads,
+                   max_queue_delay_us, force, no_archive, opset, quantile_samples, name, device,
                    as_json) -> None:
     """Export a checkpoint to a self-contained model directory (ONNX + model.json).
 
@@ -38,7 +57,13 @@ def export_command(checkpoint, out, force, no_archive, opset, quantile_samples, 
       ebgen export runs/tiny --out models/tiny
       ebgen export runs/mnist --out models/mnist --force --no-archive
       ebgen export runs/ring --out models/ring --json
+      ebgen export ring --format triton --out triton_repo --instances cpu:2 --threads 1
     """
+    if out_format == "triton":
+        _export_triton(checkpoint, out, force, as_json, max_batch_size=max_batch_size,
+                       instances=instances, threads=threads,
+                       max_queue_delay_us=max_queue_delay_us)
+        return
     from ebgen.export import export_model
     from ebgen.model_format import read_model_info
 
@@ -59,3 +84,19 @@ def export_command(checkpoint, out, force, no_archive, opset, quantile_samples, 
         click.echo(f"  {file:<22} {size / 1e6:8.2f} MB")
     click.echo(f"model directory {path} ({info['kind']}, step {summary['step']}); "
                f"percentiles from {summary['quantile_source']}")
+
+
+def _export_triton(source, out, force, as_json, instances, **options) -> None:
+    """`--format triton`: the Triton repository of a checkpoint, model directory or name."""
+    import ebgen
+    from ebgen.export.triton import TritonOptions, parse_instances, write_triton_repository
+
+    kind, count = parse_instances(instances)
+    options = TritonOptions(instance_kind=kind, instance_count=count, **options)
+    repository = write_triton_repository(ebgen.resolve_model_path(source), out, options, force)
+    models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+    if as_json:
+        click.echo(json.dumps({"repository": str(repository), "models": models}, indent=2))
+        return
+    click.echo(f"Triton model repository {repository}: {', '.join(models)}")
+    click.echo(f"  serve it: tritonserver --model-repository {repository.resolve()}")
