@@ -147,6 +147,49 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert not any(k.startswith("module.") for k in energy.state_dict())
 
 
+def _torchrun(out: Path, *args: str) -> subprocess.Popen:
+    """`torchrun --nproc_per_node 2 ebgen train --preset tiny ... --auto-resume` (gloo, CPU)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()), "-m", "ebgen.cli.main", "train", "--preset", "tiny",
+         "--steps", "120", "--checkpoint-every", "10", "--sample-every", "1000", "--quiet",
+         "--auto-resume", "--out", str(out), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.slow
+def test_torchrun_killed_mid_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Two processes, all killed (as when a node is lost) after a mid-run checkpoint; the same
+    command line again (what `torchrun --max-restarts` runs) ends on the same weights."""
+    straight = _torchrun(tmp_path / "straight")
+    assert straight.wait(300) == 0, straight.stderr.read()[-3000:]
+    out = tmp_path / "killed"
+    proc = _torchrun(out)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "config.json").exists() and read_meta(out)["step"] >= 20:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+    proc.wait(30)
+    killed_at = read_meta(out)["step"]
+    assert 20 <= killed_at < 120
+    resumed = _torchrun(out)
+    assert resumed.wait(300) == 0, resumed.stderr.read()[-3000:]
+    assert read_meta(out)["step"] == 120
+    want, got = _weights(tmp_path / "straight"), _weights(out)
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    rows = [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == sorted(set(rows)) and rows[-1] == 120  # no step logged twice
+    other = subprocess.run(EBGEN + ["train", "--preset", "tiny", "--out", str(out),
+                                    "--auto-resume", "--z-dim", "7"],
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "--z-dim 7 differs" in other.stderr
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_training_with_bf16_autocast(tmp_path):
