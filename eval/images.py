@@ -2,7 +2,8 @@
 
 Energies of held-out data, generator samples and uniform noise come first (a working energy
 orders them data < samples < noise). Models of 28×28 grey digits also get the bundled MNIST
-classifier's metrics (`ebgen.metrics.images`); `anomaly` adds the energy's AUROC against
+classifier's metrics (`ebgen.metrics.images`), any other image model the same distribution metrics
+in the PCA space of its training images; `anomaly` adds the energy's AUROC against
 corrupted digits beside a PCA baseline (`ebgen.metrics.anomaly`); `plots` writes a sample grid, a
 grid of real digits and a histogram of energies.
 """
@@ -41,6 +42,10 @@ def evaluate_images(sample: Callable[[int], np.ndarray],
 
         report.update(image_metrics(samples, data))
         report["classifier_accuracy"] = classifier_info().get("heldout_accuracy")
+    else:  # colour, or not digit-sized: the distribution metrics in a PCA feature space
+        from ebgen.metrics.images import pca_image_metrics
+
+        report.update(pca_image_metrics(samples, data, _pick(train, MAX_PCA_TRAIN, rng)))
     if anomaly:
         from ebgen.metrics.anomaly import anomaly_report
 

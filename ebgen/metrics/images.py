@@ -176,3 +176,35 @@ def feature_distribution(sample_features: np.ndarray, real_features: np.ndarray
                                     real_features[half:])
     return {"mmd2_ratio": mmd["mmd2_ratio"], "mmd2": mmd["mmd2"], "mmd2_floor": mmd["mmd2_floor"],
             "n": mmd["n"], **pr}
+
+
+#: Components of the PCA feature space of image models the classifier cannot read.
+PCA_COMPONENTS = 32
+
+
+def pca_features(train: np.ndarray, components: int = PCA_COMPONENTS):
+    """A map of images (N, C, H, W) to their coordinates on the top `components` principal
+    axes of `train` (not whitened: distances keep the pixels' own scale). The feature space of
+    `pca_image_metrics`, for models of any size and colour."""
+    flat = np.asarray(train, dtype=np.float64).reshape(len(train), -1)
+    mean = flat.mean(axis=0)
+    _, _, axes = np.linalg.svd(flat - mean, full_matrices=False)
+    axes = axes[:min(components, len(axes))]
+
+    def project(x: np.ndarray) -> np.ndarray:
+        return ((np.asarray(x, dtype=np.float64).reshape(len(x), -1) - mean) @ axes.T
+                ).astype(np.float32)
+
+    return project
+
+
+def pca_image_metrics(samples: np.ndarray, real: np.ndarray, train: np.ndarray,
+                      components: int = PCA_COMPONENTS) -> dict[str, Any]:
+    """The distribution metrics of `feature_distribution` and a Fréchet distance, in the PCA
+    space of the training images: for image models without a bundled classifier (colour, or
+    not MNIST-sized). `real` should be held-out images (not `train`)."""
+    project = pca_features(train, components)
+    sample_features, real_features = project(samples), project(real)
+    return {"feature_space": f"PCA-{sample_features.shape[1]} of {len(train)} training images",
+            "frechet_distance_pca": frechet_distance(sample_features, real_features),
+            "generator": feature_distribution(sample_features, real_features)}
