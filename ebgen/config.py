@@ -175,6 +175,10 @@ class TrainConfig:
                                      "energy well (ddgm only; 0 = off).")
     score_matching_std: float = opt(0.01, "Noise std of denoising score matching, in "
                                           "standardised units for points.")
+    score_matching_std_final: float | None = opt(None, "Anneal the noise linearly from "
+                                                      "--score-matching-std to this over the "
+                                                      "steps score matching runs (none: "
+                                                      "constant).")
     score_matching_kind: str = opt("denoising", "denoising (Vincent 2011, noise of "
                                                 "--score-matching-std) or exact (no noise, the "
                                                 "Laplacian of E: low-D only; the wells get the "
@@ -231,8 +235,10 @@ class TrainConfig:
         if self.score_matching_kind not in ("denoising", "exact"):
             raise EbgenError(f"score_matching_kind must be 'denoising' or 'exact', got "
                              f"{self.score_matching_kind!r}")
-        if self.score_matching_std <= 0:
-            raise EbgenError(f"score_matching_std must be > 0, got {self.score_matching_std}")
+        for name in ("score_matching_std", "score_matching_std_final"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise EbgenError(f"{name} must be > 0, got {value}")
         if self.steps < 0 or self.batch_size < 2:
             raise EbgenError("steps must be >= 0 and batch size >= 2 (batch norm needs 2)")
 

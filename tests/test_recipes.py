@@ -325,3 +325,22 @@ def test_train_speed_benchmark_prints_every_row_against_both_gans():
     assert list(rows) == ["variant", "gan plain", "gan", "ddgm paper", "ddgm default",
                           "ddgm calib.", "ddgm default -MI"]  # no MI after the handover
     assert rows["gan plain"][3] == "1.00x" and rows["gan"][4:] == ["1.00x", "(1.00-1.00)"]
+
+
+def test_score_matching_noise_anneals_over_the_calibration_half(tmp_path):
+    config = preset_config("toy2d", steps=100, energy_width=16, num_experts=8,
+                           generator_width=16, score_matching_std=0.01,
+                           score_matching_std_final=0.004)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    stds = []
+    for step in (0, 49, 50, 75, 100):
+        trainer.step = step
+        stds.append(trainer._energy_term_weights().score_matching_std)
+    assert stds[2:] == pytest.approx([0.01, 0.007, 0.004])
+    assert trainer._energy_term_weights().score_matching == config.train.score_matching
+    constant = Trainer(preset_config("toy2d", steps=100, energy_width=16, num_experts=8,
+                                     generator_width=16), tmp_path / "constant", progress=False)
+    constant.step = 90
+    assert constant._energy_term_weights().score_matching_std is None  # the config's 0.01
+    with pytest.raises(EbgenError, match="score_matching_std_final"):
+        preset_config("toy2d", score_matching_std_final=0.0)

@@ -39,6 +39,7 @@ class TermWeights:
     score_matching: float = 0.0
     calibration: float = 0.0
     likelihood: float = 0.0
+    score_matching_std: float | None = None  # this step's noise (None: the config's)
 
 
 @dataclass
@@ -75,11 +76,12 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     n = len(x)
     r1, sm = weights.r1, weights.score_matching
     exact = cfg.score_matching_kind == "exact"
+    noise_std = weights.score_matching_std or cfg.score_matching_std
     graded = [x] if r1 > 0 else []
     if sm > 0:  # a random batch, so its first rows are a random subset
         noisy = x[:max(1, round(cfg.score_matching_share * n))]
         noise = torch.randn_like(noisy)
-        graded.append(noisy if exact else noisy + cfg.score_matching_std * scale * noise)
+        graded.append(noisy if exact else noisy + noise_std * scale * noise)
     # Rows that need no ∇ₓE share one forward pass: data (unless R1 grades them), the samples
     # (unless given) and the likelihood's proposal points.
     plain = {"data": x} if r1 == 0 else {}
@@ -115,10 +117,10 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
         terms["r1"] = r1 * gradient_penalty(grad[:n])
     if sm > 0 and exact:
         terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale, len(noise),
-                                                            cfg.score_matching_std)
+                                                            noise_std)
     elif sm > 0:
         terms["score_matching"] = sm * score_matching(grad[-len(noise):], noise,
-                                                      cfg.score_matching_std)
+                                                      noise_std)
     if cfg.energy_magnitude > 0:
         terms["magnitude"] = cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                      + energy_samples.pow(2).mean())

@@ -254,12 +254,24 @@ class Trainer:
         if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
             return TermWeights(r1=cfg.gradient_penalty)
         late = TermWeights(score_matching=cfg.score_matching, calibration=cfg.calibration,
-                           likelihood=cfg.likelihood)
+                           likelihood=cfg.likelihood,
+                           score_matching_std=self._score_matching_std())
         if cfg.calibrate_from <= 0:
             return dataclasses.replace(late, r1=cfg.gradient_penalty)
         if not self._calibrating():
             return TermWeights(r1=cfg.gradient_penalty)
         return late
+
+    def _score_matching_std(self) -> float | None:
+        """This step's noise annealed linearly from `score_matching_std` to
+        `score_matching_std_final` over the steps from `calibrate_from` on (None: constant)."""
+        cfg = self.config.train
+        if cfg.score_matching_std_final is None:
+            return None
+        start = max(0.0, cfg.calibrate_from) * cfg.steps
+        done = min(1.0, max(0.0, (self.step - start) / max(1.0, cfg.steps - start)))
+        return cfg.score_matching_std + done * (cfg.score_matching_std_final
+                                                - cfg.score_matching_std)
 
     def _data_name(self) -> str:
         """The data's name for plot titles: the built-in set, or the file's name."""
