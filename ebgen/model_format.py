@@ -31,6 +31,10 @@
     provenance                      {"checkpoint", "step", "ebgen_version", "torch_version",
                                      "onnx_version", "exported_at" (UTC ISO time),
                                      "config": the training Config dict}
+    log_partition                   optional (`ebgen export --log-z`): {"log_z" (forward AIS),
+                                     "standard_error", "log_z_reverse", "chains",
+                                     "temperatures", "acceptance", "seconds", "method"};
+                                    `log_density` is then −E − log_z
     archives                        {"generate": "generate.mar", "score": "score.mar"} or {}
     torch                           "torch": the folder holding the PyTorch weights and
                                     config.json (a weights-only checkpoint; `load_torch`)

@@ -210,6 +210,22 @@ class EnergyModel(nn.Module):
         else:
             self.base_precision.copy_(1.0 / flat.var(0, unbiased=False).clamp_min(floor))
 
+    @torch.no_grad()
+    def base_whitening(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(μ, L, c) with the base energy of standardised u = μ + L v equal to ½‖v‖² + c:
+        the base is the Gaussian N(μ, L Lᵀ) (float64; L lower triangular, (D, D)). What
+        annealed importance sampling starts from (`ebgen.export.partition`)."""
+        if self.config.base == "data":
+            return (self.base_mean.double(), torch.diag(self.base_precision.double().rsqrt()),
+                    0.0)
+        if self.config.base == "covariance":
+            covariance = torch.linalg.inv(self.base_precision.double())
+            return self.base_mean.double(), torch.linalg.cholesky(covariance), 0.0
+        variance = torch.exp(2 * self.log_sigma.double())  # ‖u‖²/2σ² − bᵀu, completed
+        bias = self.bias.double()
+        scale = torch.eye(len(bias), dtype=torch.float64) * variance.sqrt()
+        return variance * bias, scale, float(-0.5 * variance * bias.pow(2).sum())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.affine.standardise(x)
         flat = x.flatten(1)

@@ -12,7 +12,7 @@ GENERATOR_UINT8_OUTPUT = "pixels"
 ENERGY_INPUT = "x"
 ENERGY_OUTPUT = "energy"
 #: What scoring returns per sample (`score`, the v2 energy model's outputs, in this order).
-LOG_DENSITY = "log_density"       # −energy
+LOG_DENSITY = "log_density"       # −energy − log Z (log Z from `export --log-z`, else 0)
 PERCENTILE = "percentile"         # 0–100 among the training data's energies
 SCORE_OUTPUTS = (ENERGY_OUTPUT, LOG_DENSITY, PERCENTILE)
 #: ... and, once the model is calibrated (`ebgen calibrate`), these two after them.

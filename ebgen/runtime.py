@@ -70,6 +70,8 @@ class InferenceModel:
         self._q_values = np.asarray(quantiles.get("values", []), dtype=np.float64)
         self._q_levels = 100.0 * np.asarray(quantiles.get("levels", []), dtype=np.float64)
         self.calibration: Calibration | None = read_calibration(self.directory)
+        #: log Z of exp(−E) when `ebgen export --log-z` estimated it, else None
+        self.log_z: float | None = (self.info.get("log_partition") or {}).get("log_z")
         log.info("loaded model %s from %s on %s", self.info.get("name"), self.directory,
                  ", ".join(self.providers))
 
@@ -142,14 +144,17 @@ class InferenceModel:
         return SCORE_OUTPUTS + (CALIBRATED_OUTPUTS if self.calibration else ())
 
     def score(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Per sample: `energy`, `log_density` (= −energy, unnormalised) and `percentile`; on a
+        """Per sample: `energy`, `log_density` (−energy − log Z: normalised, in nats, when the
+        model carries log Z (`ebgen export --log-z`), else −energy) and `percentile`; on a
         calibrated model also `tail_probability` and `is_anomaly` (see `ebgen.calibration`)."""
         return self.score_energy(self.energy(x))
 
     def score_energy(self, energy: np.ndarray) -> dict[str, np.ndarray]:
         """What `score` returns, from energies already computed (the servers' batches)."""
         energy = np.asarray(energy, dtype=np.float32)
-        columns = [energy, -energy, self.percentile(energy)]
+        log_density = -energy if self.log_z is None else \
+            (-energy - self.log_z).astype(np.float32)
+        columns = [energy, log_density, self.percentile(energy)]
         if self.calibration is not None:
             columns += [self.calibration.survival(energy), self.calibration.is_anomaly(energy)]
         return dict(zip(self.score_outputs, columns))

@@ -38,6 +38,7 @@ class Evaluated:
     energy: Callable[[np.ndarray], np.ndarray]
     step: int | None
     source: str                               # "checkpoint" or "model directory"
+    log_z: float | None = None                # model.json's AIS estimate, when there is one
 
 
 def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto") -> Evaluated:
@@ -61,7 +62,7 @@ def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto"
         raise EbgenError(f"{target}: model.json records no training config to evaluate with")
     return Evaluated(Config.from_dict(provenance["config"]),
                      lambda n: model.generate(n, seed=seed), model.energy,
-                     provenance.get("step"), "model directory")
+                     provenance.get("step"), "model directory", model.log_z)
 
 
 def evaluate(checkpoint: str | Path, num_samples: int | None = None,
@@ -98,6 +99,8 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
                                       num_samples=num_samples or 12_500, seed=seed,
                                       data_label=None if builtin else label))
         report["energy_heldout_mean"] = float(np.mean(model.energy(data.astype(np.float32))))
+        if model.log_z is not None:
+            report.update(_points_likelihood(model, data, report.get("box")))
         if anomaly:
             from ebgen.metrics.point_anomaly import point_anomaly_report
 
@@ -110,7 +113,30 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
 
     report.update(evaluate_images(model.sample, model.energy, config.model, train, heldout,
                                   num_samples or 10_000, seed, anomaly, plots))
+    if model.log_z is not None:
+        from ebgen.metrics.likelihood import image_likelihood_report
+
+        from .images import MAX_PCA_TRAIN, _pick
+
+        rng = np.random.default_rng(seed)
+        report["likelihood"] = {"log_z": model.log_z, **image_likelihood_report(
+            model.energy, model.log_z, _pick(train, MAX_PCA_TRAIN, rng),
+            _pick(heldout, 10_000, rng), seed)}
     return report
+
+
+def _points_likelihood(model: Evaluated, data: np.ndarray, box) -> dict[str, Any]:
+    """Held-out log-likelihood under exp(−E)/Z (nats per point) and, in 2-D, the grid's log Z
+    beside the AIS one (on the plots' box widened to twice its side)."""
+    out: dict[str, Any] = {"log_z": model.log_z, "heldout_log_likelihood": float(np.mean(
+        -model.energy(data.astype(np.float32)) - model.log_z))}
+    if box is not None:
+        from ebgen.metrics.points import grid_log_z
+
+        cx, cy, half = (box[0] + box[1]) / 2, (box[2] + box[3]) / 2, box[1] - box[0]
+        out["log_z_grid"] = grid_log_z(model.energy, (cx - half, cx + half, cy - half,
+                                                      cy + half), resolution=1500)
+    return out
 
 
 def _points_plots(model: Evaluated, data: np.ndarray, report: dict[str, Any],

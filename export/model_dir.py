@@ -44,7 +44,8 @@ _CHUNK = 1024
 def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False,
                  archive: bool = True, opset: int = 18, device: str = "cpu",
                  quantile_samples: int = 10000, name: str | None = None,
-                 handler: str | Path | None = None, progress: bool = True) -> Path:
+                 handler: str | Path | None = None, progress: bool = True,
+                 log_z: dict[str, int] | None = None) -> Path:
     """Export the checkpoint in `checkpoint` to the model directory `out`; returns `out`.
 
     Writes the ONNX files, checks each against PyTorch (batch 1, 7, 64), computes the energy
@@ -53,7 +54,9 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
     TorchServe archives with `handler` for both (default: `archive.HANDLER_FILES`, one per
     kind) unless `archive` is False or a handler file is missing (then it says so). Export
     and parity run on the CPU; `device` is where the quantile energies are computed.
-    Progress lines go to stderr if `progress`.
+    Progress lines go to stderr if `progress`. With `log_z` ({"chains": C, "temperatures": T}),
+    log Z of the energy is estimated by annealed importance sampling (`ebgen.export.partition`)
+    and stored as model.json's `log_partition`, so `log_density` is served normalised.
 
     Raises `EbgenError` (one line) for an unknown checkpoint format, a missing weights file,
     a non-empty `out` without `force` (or, with `force`, one that is not a model directory),
@@ -85,6 +88,8 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
         say(f"  {quantiles['num_samples']} samples of {quantiles['source']}")
         info = model_info(config, meta, checkpoint, name, opset, files, parity, quantiles,
                           bool(handlers))
+        if log_z is not None:
+            info["log_partition"] = estimate_log_z(energy, say, **log_z)
         (tmp / MODEL_FILE).write_text(json.dumps(info, indent=2) + "\n")
         save_checkpoint(tmp / TORCH_DIR, config, energy, generator, meta.get("step", 0))
         for kind, kind_handler in handlers.items():
@@ -93,6 +98,19 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
     say(f"exported {checkpoint} (step {meta.get('step')}) to {out} in "
         f"{time.perf_counter() - started:.1f} s")
     return out
+
+
+def estimate_log_z(energy: torch.nn.Module, say, chains: int = 64,
+                   temperatures: int = 2000) -> dict[str, Any]:
+    """model.json's `log_partition`: AIS forward and reverse (`ebgen.export.partition`)."""
+    from .partition import log_partition
+
+    say(f"estimating log Z: {chains} AIS chains, {temperatures} temperatures each way")
+    estimate = log_partition(energy, chains=chains, temperatures=temperatures)
+    say(f"  log Z {estimate.log_z:.3f} ± {estimate.standard_error:.3f} (reverse "
+        f"{estimate.log_z_reverse:.3f}), acceptance {estimate.acceptance:.2f}, "
+        f"{estimate.seconds:.0f} s")
+    return estimate.to_dict()
 
 
 def _archive_handlers(archive: bool, handler: str | Path | None, say) -> dict[str, Path]:

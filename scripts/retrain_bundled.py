@@ -32,6 +32,9 @@ BUNDLED: dict[str, tuple[str, dict[str, Any], str]] = {
     "grid": ("toy2d", {"dataset": "25gaussians", "seed": 0}, "25 Gaussians on a grid (built in)"),
 }
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "ebgen" / "pretrained"
+#: AIS settings of the bundled models' log Z (`ebgen export --log-z`): within 0.05 nats of the
+#: grid on ring and grid (README).
+LOG_Z = {"chains": 256, "temperatures": 5000}
 
 
 def command_line(name: str, objective: str | None = None) -> str:
@@ -90,7 +93,8 @@ def rebuild(name: str, runs: Path, data: str | None, compare_gan: bool) -> dict[
     checkpoint, config, seconds = train_and_measure(name, runs, data,
                                                     threads=1 if compare_gan else None)
     target = PACKAGE_DIR / name
-    export_model(checkpoint, target, force=True, archive=False, name=name, progress=False)
+    export_model(checkpoint, target, force=True, archive=False, name=name, progress=False,
+                 log_z=LOG_Z)
     _forget_local_paths(target, checkpoint)
     image = config["model"]["kind"] == "image"
     quality = evaluate(target, data_path=data if image else None, anomaly=image)  # on ONNX
@@ -172,6 +176,23 @@ def results_table() -> str:
     return "\n".join(lines)
 
 
+def add_log_z(name: str) -> dict[str, Any]:
+    """Estimate log Z of a bundled model from its PyTorch weights (AIS, as `export --log-z`)
+    and store it in its model.json; returns the estimate."""
+    from ebgen.checkpoint import load_checkpoint
+    from ebgen.export.model_dir import estimate_log_z
+
+    target = PACKAGE_DIR / name
+    if not (target / "torch").is_dir():
+        raise SystemExit(f"{name} carries no PyTorch weights: retrain it to add log Z")
+    _, energy, _, _ = load_checkpoint(target / "torch")
+    path = target / "model.json"
+    info = json.loads(path.read_text())
+    info["log_partition"] = estimate_log_z(energy, lambda m: print(m, flush=True), **LOG_Z)
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return info["log_partition"]
+
+
 def remeasure(name: str, data: str | None) -> dict[str, Any]:
     """Rerun `ebgen eval` on a bundled model's exported files and rewrite its quality.json
     (the comparison runs it keeps are not remeasured)."""
@@ -199,7 +220,14 @@ def main() -> None:
                         help="only print the README's results tables from the bundled models")
     parser.add_argument("--remeasure", action="store_true",
                         help="train nothing: rerun eval on the bundled files, rewrite quality.json")
+    parser.add_argument("--add-log-z", action="store_true",
+                        help="train nothing: estimate log Z from the bundled weights into "
+                             "model.json, then remeasure")
     args = parser.parse_args()
+    if args.add_log_z:
+        for name in args.only:
+            print(json.dumps({"name": name, **add_log_z(name)}, indent=2), flush=True)
+        args.remeasure = True
     if args.table:
         print(results_table())
         return
