@@ -63,6 +63,17 @@ def reuses_sample_energies(cfg: TrainConfig) -> bool:
     return cfg.objective == "ddgm" and cfg.energy_magnitude == 0
 
 
+def annealed_noise_std(cfg: TrainConfig, step: int) -> float | None:
+    """The denoising noise at `step`, annealed linearly from `score_matching_std` to
+    `score_matching_std_final` over the steps from `calibrate_from` on (None: constant)."""
+    if cfg.score_matching_std_final is None:
+        return None
+    start = max(0.0, cfg.calibrate_from) * cfg.steps
+    done = min(1.0, max(0.0, (step - start) / max(1.0, cfg.steps - start)))
+    return cfg.score_matching_std + done * (cfg.score_matching_std_final
+                                            - cfg.score_matching_std)
+
+
 def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
                  cfg: TrainConfig, weights: TermWeights,
                  energy_samples: torch.Tensor | None = None) -> EnergyStep:
@@ -73,8 +84,7 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     """
     net = unwrap(energy)
     standardise, scale = net.affine.standardise, net.input_scale
-    n = len(x)
-    r1, sm = weights.r1, weights.score_matching
+    n, r1, sm = len(x), weights.r1, weights.score_matching
     exact = cfg.score_matching_kind == "exact"
     noise_std = weights.score_matching_std or cfg.score_matching_std
     graded = [x] if r1 > 0 else []
@@ -119,8 +129,7 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
         terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale, len(noise),
                                                             noise_std)
     elif sm > 0:
-        terms["score_matching"] = sm * score_matching(grad[-len(noise):], noise,
-                                                      noise_std)
+        terms["score_matching"] = sm * score_matching(grad[-len(noise):], noise, noise_std)
     if cfg.energy_magnitude > 0:
         terms["magnitude"] = cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                      + energy_samples.pow(2).mean())

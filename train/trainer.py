@@ -32,7 +32,8 @@ from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import METRICS_FILE, SAMPLES_DIR
 
 from .distributed import barrier, setup_runtime, teardown_runtime
-from .energy_terms import TermWeights, energy_terms, reuses_sample_energies
+from .energy_terms import (TermWeights, annealed_noise_std, energy_terms,
+                           reuses_sample_energies)
 
 #: The seed stream of the fixed latents used for sample grids (distinct from per-step streams).
 _FIXED_LATENT_STREAM = 0xF1ED
@@ -255,23 +256,12 @@ class Trainer:
             return TermWeights(r1=cfg.gradient_penalty)
         late = TermWeights(score_matching=cfg.score_matching, calibration=cfg.calibration,
                            likelihood=cfg.likelihood,
-                           score_matching_std=self._score_matching_std())
+                           score_matching_std=annealed_noise_std(cfg, self.step))
         if cfg.calibrate_from <= 0:
             return dataclasses.replace(late, r1=cfg.gradient_penalty)
         if not self._calibrating():
             return TermWeights(r1=cfg.gradient_penalty)
         return late
-
-    def _score_matching_std(self) -> float | None:
-        """This step's noise annealed linearly from `score_matching_std` to
-        `score_matching_std_final` over the steps from `calibrate_from` on (None: constant)."""
-        cfg = self.config.train
-        if cfg.score_matching_std_final is None:
-            return None
-        start = max(0.0, cfg.calibrate_from) * cfg.steps
-        done = min(1.0, max(0.0, (self.step - start) / max(1.0, cfg.steps - start)))
-        return cfg.score_matching_std + done * (cfg.score_matching_std_final
-                                                - cfg.score_matching_std)
 
     def _data_name(self) -> str:
         """The data's name for plot titles: the built-in set, or the file's name."""
