@@ -70,6 +70,9 @@ def export_command(checkpoint, out, out_format, max_batch_size, instances, threa
       ebgen export ring --format triton --out triton_repo --instances cpu:2 --threads 1
     """
     if out_format == "triton":
+        if log_z:
+            raise click.UsageError("--log-z writes a model directory: export one with it, "
+                                   "then --format triton from that directory")
         _export_triton(checkpoint, out, force, as_json, max_batch_size=max_batch_size,
                        instances=instances, threads=threads,
                        max_queue_delay_us=max_queue_delay_us)

@@ -39,6 +39,7 @@ class Evaluated:
     step: int | None
     source: str                               # "checkpoint" or "model directory"
     log_z: float | None = None                # model.json's AIS estimate, when there is one
+    log_z_reverse: float | None = None        # ... and its reverse (from above) estimate
 
 
 def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto") -> Evaluated:
@@ -62,7 +63,8 @@ def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto"
         raise EbgenError(f"{target}: model.json records no training config to evaluate with")
     return Evaluated(Config.from_dict(provenance["config"]),
                      lambda n: model.generate(n, seed=seed), model.energy,
-                     provenance.get("step"), "model directory", model.log_z)
+                     provenance.get("step"), "model directory", model.log_z,
+                     (model.info.get("log_partition") or {}).get("log_z_reverse"))
 
 
 def evaluate(checkpoint: str | Path, num_samples: int | None = None,
@@ -121,7 +123,7 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
         rng = np.random.default_rng(seed)
         report["likelihood"] = {"log_z": model.log_z, **image_likelihood_report(
             model.energy, model.log_z, _pick(train, MAX_PCA_TRAIN, rng),
-            _pick(heldout, 10_000, rng), seed)}
+            _pick(heldout, 10_000, rng), model.log_z_reverse, seed)}
     return report
 
 

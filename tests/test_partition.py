@@ -14,7 +14,7 @@ from ebgen import load_model
 from ebgen.export import export_model
 from ebgen.export.partition import log_partition
 from ebgen.metrics.likelihood import (bits_per_dim, diagonal_gaussian_nll, dequantise,
-                                      ppca_nll)
+                                      image_likelihood_report, ppca_nll)
 from ebgen.metrics.points import grid_log_z
 from ebgen.models import build_models
 from ebgen.presets import preset_config
@@ -107,8 +107,18 @@ def test_likelihood_baselines_and_bits_per_dim():
     covariance = w @ w.T + noise * np.eye(6)
     np.testing.assert_allclose(ppca_nll(train_x, test_x, components=q),
                                -multivariate_normal(mean, covariance).logpdf(test_x), rtol=1e-6)
-    # uniform density on [-1, 1]^D at 8 bits: log p = −D log 2 → 1 + log2(127.5) ≈ 8 bits
-    assert bits_per_dim(np.full(3, 784 * math.log(2)), 784) == pytest.approx(8.0, abs=0.01)
-    pixels = np.linspace(-1, 1, 256)[None, :]
-    spread = dequantise(pixels, rng) - pixels
-    assert np.abs(spread).max() <= 0.5 / 127.5 and spread.std() > 0.001
+    # the uniform density on [-1, 1]^D: an interior level has probability (1/127.5)/2 = 1/255,
+    # an end level (half a bin inside the cube) 1/510
+    levels = rng.integers(1, 255, size=(40, 1, 4, 4))
+    images = levels / 127.5 - 1
+    report = image_likelihood_report(lambda x: np.zeros(len(x)), 16 * math.log(2), images,
+                                     images, log_z_reverse=16 * math.log(2) + 16)
+    assert report["bits_per_dim"] == pytest.approx(math.log2(255))
+    assert report["bits_per_dim_reverse_log_z"] == pytest.approx(math.log2(255) + 1 / math.log(2))
+    ends = np.array([[[[-1.0, 1.0]]]])
+    x, volume = dequantise(ends, rng)
+    assert (-1 <= x).all() and (x <= 1).all()
+    assert volume[0] == pytest.approx(2 * math.log(0.5 / 127.5))
+    assert bits_per_dim(-volume + 2 * math.log(2), 2) == pytest.approx(math.log2(510))
+    x, volume = dequantise(images, rng)
+    assert np.abs(x - images).max() <= 0.5 / 127.5 and x.std() > 0
