@@ -42,9 +42,9 @@ from .options import device_option, json_option
               help="Estimate log Z by annealed importance sampling (forward and reverse, "
                    "from the energy's Gaussian base) and store it in model.json: log_density "
                    "is then served normalised, in nats, and eval reports held-out likelihood.")
-@click.option("--log-z-chains", type=click.IntRange(min=2), default=64, show_default=True,
+@click.option("--log-z-chains", type=click.IntRange(min=2), default=128, show_default=True,
               metavar="N", help="AIS chains (the standard error falls as 1/√N).")
-@click.option("--log-z-temperatures", type=click.IntRange(min=10), default=2000,
+@click.option("--log-z-temperatures", type=click.IntRange(min=10), default=5000,
               show_default=True, metavar="N",
               help="AIS temperatures each way (more: a tighter estimate, slower).")
 @click.option("--name", default=None, metavar="NAME",
@@ -66,7 +66,7 @@ def export_command(checkpoint, out, out_format, max_batch_size, instances, threa
       ebgen export runs/tiny --out models/tiny
       ebgen export runs/mnist --out models/mnist --force --no-archive
       ebgen export runs/ring --out models/ring --json
-      ebgen export runs/mnist --out models/mnist --log-z --log-z-temperatures 5000
+      ebgen export runs/mnist --out models/mnist --log-z --log-z-temperatures 20000
       ebgen export ring --format triton --out triton_repo --instances cpu:2 --threads 1
     """
     if out_format == "triton":

@@ -100,8 +100,8 @@ def export_model(checkpoint: str | Path, out: str | Path, *, force: bool = False
     return out
 
 
-def estimate_log_z(energy: torch.nn.Module, say, chains: int = 64,
-                   temperatures: int = 2000) -> dict[str, Any]:
+def estimate_log_z(energy: torch.nn.Module, say, chains: int,
+                   temperatures: int) -> dict[str, Any]:
     """model.json's `log_partition`: AIS forward and reverse (`ebgen.export.partition`)."""
     from .partition import log_partition
 
