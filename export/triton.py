@@ -16,7 +16,8 @@ engine. Triton's convention for a batched output that has no dimension of its ow
 returns [batch] (the same values). `log_density` (−energy), the percentile and the calibrated
 decisions are ebgen's own service's; Triton serves the networks.
 
-    >>> write_triton_repository("models/ring", "triton/ring", instances="cpu:2")  # doctest: +SKIP
+    >>> options = TritonOptions(instance_kind="cpu", instance_count=2)
+    >>> write_triton_repository("models/ring", "triton/ring", options)  # doctest: +SKIP
 """
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def test_every_config_parses_as_triton_model_config_and_matches_its_onnx(reposit
             for tensor, arg in zip(declared, actual):
                 assert tensor.data_type == DTYPE.Value("TYPE_FP32")
                 assert isinstance(arg.shape[0], str)  # the named dynamic batch axis
-                dims = list(tensor.reshape.shape) if tensor.HasField("reshape") else list(tensor.dims)
+                shape = tensor.reshape.shape if tensor.HasField("reshape") else tensor.dims
+                dims = list(shape)
                 assert dims == list(arg.shape[1:])
     assert list(configs["generator"].input[0].dims) == [info["latent"]["z_dim"]]
     assert list(configs["energy"].input[0].dims) == info["sample_shape"]
