@@ -100,9 +100,10 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
                                       data_config.dataset if builtin else None, data,
                                       num_samples=num_samples or 12_500, seed=seed,
                                       data_label=None if builtin else label))
-        report["energy_heldout_mean"] = float(np.mean(model.energy(data.astype(np.float32))))
+        heldout_energy = model.energy(data.astype(np.float32))
+        report["energy_heldout_mean"] = float(np.mean(heldout_energy))
         if model.log_z is not None:
-            report.update(_points_likelihood(model, data, report.get("box")))
+            report.update(_points_likelihood(model, heldout_energy, report.get("box")))
         if anomaly:
             from ebgen.metrics.point_anomaly import point_anomaly_report
 
@@ -127,11 +128,12 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
     return report
 
 
-def _points_likelihood(model: Evaluated, data: np.ndarray, box) -> dict[str, Any]:
-    """Held-out log-likelihood under exp(−E)/Z (nats per point) and, in 2-D, the grid's log Z
-    beside the AIS one (on the plots' box widened to twice its side)."""
+def _points_likelihood(model: Evaluated, heldout_energy: np.ndarray, box) -> dict[str, Any]:
+    """Held-out log-likelihood under exp(−E)/Z (nats per point, from the held-out points'
+    energies) and, in 2-D, the grid's log Z beside the AIS one (on the plots' box widened to
+    twice its side)."""
     out: dict[str, Any] = {"log_z": model.log_z, "heldout_log_likelihood": float(np.mean(
-        -model.energy(data.astype(np.float32)) - model.log_z))}
+        -heldout_energy - model.log_z))}
     if box is not None:
         from ebgen.metrics.points import grid_log_z
 
