@@ -3,8 +3,10 @@
 A checkpoint directory holds `config.json` (the full config, format name and version, ebgen and
 torch versions, step), `energy.safetensors`, `generator.safetensors` and `trainer_state.pt`
 (optimisers, step, RNG; loaded with `weights_only=True`). A save first writes every file under a
-temporary name, then records a commit marker, then renames each file into place. A kill at any
-moment thus leaves either the previous checkpoint or the new one, never a mix.
+temporary name of its own (`NAME.<save>.tmp`), then records a commit marker naming the save and its
+files, then renames each file into place. A kill at any moment thus leaves either the previous
+checkpoint or the new one, never a mix; and since no two saves stage under one name, a reader
+that resolved a committed save's staged file never opens the next save's half-written one.
 
 Only the writer (`save_checkpoint`, and the trainer before it resumes) ever changes the directory:
 it finishes or discards an interrupted save (`recover`). Readers (`read_meta`, `load_checkpoint`)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +39,6 @@ from .names import CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE
 FORMAT_NAME = "ebgen-checkpoint"
 FORMAT_VERSION = 1
 _COMMIT = ".commit"
-#: Staged files keep fixed names (`NAME.tmp`) so that the commit marker can list them.
 _TMP = ".tmp"
 #: How long a reader waits for a save in flight to finish before giving up.
 READ_TIMEOUT_S = 10.0
@@ -48,6 +50,24 @@ def _fsync_write(path: Path, write: Callable[[Path], None]) -> None:
     fsync_file(path)
 
 
+def _staged(directory: Path, name: str, save: str) -> Path:
+    """Where `save` stages `name` (an empty save id: the fixed names of ebgen before 0.1.1)."""
+    return directory / (f"{name}.{save}{_TMP}" if save else name + _TMP)
+
+
+def _read_marker(directory: Path) -> tuple[str, list[str]] | None:
+    """(save id, file names) of the committed save whose renames are pending, or None."""
+    try:
+        marker = json.loads((directory / _COMMIT).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a marker is written atomically; an unreadable one commits nothing
+        return "", []
+    if isinstance(marker, list):  # the marker of an older ebgen: the names alone
+        return "", [str(name) for name in marker]
+    return str(marker.get("save", "")), [str(name) for name in marker.get("files", [])]
+
+
 def recover(directory: str | Path) -> None:
     """Finish a save that was interrupted after its commit marker, or discard one before it.
 
@@ -55,34 +75,26 @@ def recover(directory: str | Path) -> None:
     several processes recover one directory at once: each step tolerates the others' work.
     """
     directory = Path(directory)
-    marker = directory / _COMMIT
-    try:
-        names = json.loads(marker.read_text())
-    except FileNotFoundError:
-        names = None
-    except ValueError:  # a marker is written atomically; an unreadable one commits nothing
-        names = []
-    if names is not None:
+    pending = _read_marker(directory)
+    if pending is not None:
+        save, names = pending
         for name in names:
             try:
-                os.replace(directory / (name + _TMP), directory / name)
+                os.replace(_staged(directory, name, save), directory / name)
             except FileNotFoundError:
                 pass  # already in place
         fsync_directory(directory)  # the renames are durable before the marker goes
-        marker.unlink(missing_ok=True)
+        (directory / _COMMIT).unlink(missing_ok=True)
     for tmp in directory.glob("*" + _TMP):
         tmp.unlink(missing_ok=True)
 
 
 def _committed_files(directory: Path) -> dict[str, Path]:
     """Where each file of the last committed save is now, without changing anything."""
-    try:
-        pending = set(json.loads((directory / _COMMIT).read_text()))
-    except (FileNotFoundError, ValueError):
-        pending = set()
+    save, pending = _read_marker(directory) or ("", [])
     files = {}
     for name in (CONFIG_FILE, ENERGY_WEIGHTS, GENERATOR_WEIGHTS, TRAINER_STATE):
-        staged = directory / (name + _TMP)
+        staged = _staged(directory, name, save)
         files[name] = staged if name in pending and staged.exists() else directory / name
     return files
 
@@ -140,9 +152,11 @@ def save_checkpoint(directory: str | Path, config: Config, energy: torch.nn.Modu
     }
     if trainer_state is not None:
         writers[TRAINER_STATE] = lambda p: torch.save({**trainer_state, "step": step}, p)
+    save = f"{step}-{secrets.token_hex(4)}"
     for name, write in writers.items():
-        _fsync_write(directory / (name + _TMP), write)
-    atomic_write_text(directory / _COMMIT, json.dumps(list(writers)), durable=True)
+        _fsync_write(_staged(directory, name, save), write)
+    atomic_write_text(directory / _COMMIT, json.dumps({"save": save, "files": list(writers)}),
+                      durable=True)
     recover(directory)
 
 
@@ -153,7 +167,8 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _check_directory(directory: Path) -> None:
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    if not (directory / CONFIG_FILE).exists() and not (directory / (CONFIG_FILE + _TMP)).exists():
+    staged = any(directory.glob(CONFIG_FILE + "*" + _TMP))
+    if not (directory / CONFIG_FILE).exists() and not staged:
         raise CheckpointError(f"{directory} is not an ebgen checkpoint: no {CONFIG_FILE}")
 
 

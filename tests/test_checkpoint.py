@@ -60,33 +60,60 @@ def test_readers_polling_a_live_run_neither_break_it_nor_see_mixed_files(tmp_pat
     assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / ".commit").exists()
 
 
-def _interrupted_save(directory, step: int, committed: bool) -> None:
-    """A save of nets filled with `step`, killed after staging (and committing, if asked)."""
+def _interrupted_save(directory, step: int, committed: bool, legacy: bool = False) -> None:
+    """A save of nets filled with `step`, killed after staging (and committing, if asked).
+
+    `legacy`: staged under the fixed names, with the names-only marker, of ebgen 0.1.0."""
     config, energy, generator = _nets_at(step)
     save_checkpoint(directory, config, energy, generator, step, trainer_state={})
-    for name in ("config.json", "energy.safetensors", "generator.safetensors",
-                 "trainer_state.pt"):
-        os.replace(directory / name, directory / (name + ".tmp"))
+    names = ["energy.safetensors", "generator.safetensors", "config.json", "trainer_state.pt"]
+    suffix = ".tmp" if legacy else f".{step}-abcd1234.tmp"
+    for name in names:
+        os.replace(directory / name, directory / (name + suffix))
     old_config, old_energy, old_generator = _nets_at(step - 1)
     save_checkpoint(directory / "old", old_config, old_energy, old_generator, step - 1, {})
     for path in (directory / "old").iterdir():
         os.replace(path, directory / path.name)
     (directory / "old").rmdir()
     if committed:
-        (directory / ".commit").write_text(json.dumps(
-            ["energy.safetensors", "generator.safetensors", "config.json", "trainer_state.pt"]))
+        marker = names if legacy else {"save": f"{step}-abcd1234", "files": names}
+        (directory / ".commit").write_text(json.dumps(marker))
 
 
-@pytest.mark.parametrize("committed", [True, False])
+@pytest.mark.parametrize("committed,legacy", [(True, False), (False, False), (True, True)])
 def test_readers_see_the_last_committed_save_of_a_killed_writer_and_change_nothing(
-        tmp_path, committed):
-    _interrupted_save(tmp_path, 7, committed)
+        tmp_path, committed, legacy):
+    _interrupted_save(tmp_path, 7, committed, legacy)
     listing = sorted(p.name for p in tmp_path.iterdir())
     _, energy, generator, meta = load_checkpoint(tmp_path)
     expected = 7 if committed else 6
     assert meta["step"] == load_trainer_state(tmp_path)["step"] == expected
     assert _values(energy, generator) == {float(expected)}
     assert sorted(p.name for p in tmp_path.iterdir()) == listing  # a reader never writes
+
+
+def test_a_reader_that_resolved_a_pending_save_never_opens_the_next_saves_staging(
+        tmp_path, monkeypatch):
+    """The race CI once hit: a reader picks the staged files of a committed save; before it opens
+    them the writer renames them into place and starts staging the next save, half-written."""
+    import ebgen.checkpoint as checkpoint
+    _interrupted_save(tmp_path, 7, committed=True)
+    resolve = checkpoint._committed_files
+    calls = []
+
+    def resolve_then_let_the_writer_run(directory):
+        files = resolve(directory)
+        if not calls:
+            recover(directory)  # the writer finishes save 7 ...
+            for name in ("energy.safetensors", "generator.safetensors", "config.json"):
+                (directory / f"{name}.8-0000ffff.tmp").write_bytes(b"half a")  # ... starts 8
+        calls.append(files)
+        return files
+
+    monkeypatch.setattr(checkpoint, "_committed_files", resolve_then_let_the_writer_run)
+    _, energy, generator, meta = load_checkpoint(tmp_path)
+    assert meta["step"] == 7 and _values(energy, generator) == {7.0}
+    assert calls[0]["energy.safetensors"].name.endswith(".tmp") and len(calls) == 2
 
 
 def test_several_processes_recovering_one_interrupted_save_all_succeed(tmp_path):
