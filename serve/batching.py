@@ -8,11 +8,19 @@ several threads, whose small ops parallelise poorly), so that:
 - **No idle tax.** When a batch slot is free and nothing waits, a request starts at once.
 - **What queued while the batches ran goes in the next one**, up to `max_batch_samples` rows
   and no more than fit in `max_batch_ms` by the running fit of batch time (`BatchTimer`).
-- **Fair shares, in samples.** The next batch's rows are shared out evenly among the waiting
-  requests (smallest first, each taking at most its share), so a big request runs in chunks
-  and a small one behind it waits about one batch, not for every big request ahead of it.
-- **Tiny batches inline.** A batch predicted to take under `INLINE_BATCH_S` runs on the event
-  loop, not in a thread: the hop there and back costs more (2-D models).
+- **Fair shares, in samples.** Requests go in smallest first, whole while they fit; big ones
+  (more rows than a batch) share the room left evenly and run in chunks, so a small request
+  behind them waits about one batch, not for every big request ahead of it (`_plan`).
+- **Batches inline where a thread buys nothing.** A batch runs on the event loop itself, not in
+  a worker thread, when it is predicted to take under `INLINE_BATCH_S` (2-D models: the hop
+  there and back costs more), when this process runs one batch at a time anyway
+  (`parallel_batches=1`, as each of `--workers N` = cores does), or when it is the only work
+  in hand (one client: no other batch runs, no request waits), and then only up to
+  `INLINE_MAX_S`. The hop costs a request about as much CPU as the model on a small CPU
+  (README "Serving speed").
+- **No needless chunks.** A request that fits a batch is never cut; a lone request whose
+  rest would be under half a batch goes in whole (up to 1.5 × the batch's rows) rather than
+  leave a tail batch of its own.
 - **Waiting only where it pays.** With `max_delay_ms` > 0, a batch that is not full waits for
   more requests only while the arrival rate × one batch's fixed cost (`BatchTimer`) exceeds the
   requests in hand: a request that joins saves a batch's overhead; each waiting costs its
@@ -46,6 +54,9 @@ log = logging.getLogger(__name__)
 #: A batch the running fit says takes at most this long runs on the event loop itself: less
 #: than a hop to a worker thread and back (a 2-D model's batches take tens of microseconds).
 INLINE_BATCH_S = 2e-4
+#: No batch predicted to take longer runs on the event loop, whatever else holds: the loop must
+#: keep answering health checks and refusing what it cannot queue.
+INLINE_MAX_S = 4e-3
 
 
 class Overloaded(RequestError):
@@ -227,15 +238,30 @@ class MicroBatcher:
         return int(max(1, min(self.max_batch_samples, fit)))
 
     def _plan(self) -> list[tuple[_Entry, int, int]]:
-        """The next batch: (request, first row, end row) per part, rows shared out evenly,
-        smallest request first. Requests whose callers have gone are dropped here."""
+        """The next batch: (request, first row, end row) per part. Requests whose callers have
+        gone are dropped here.
+
+        Smallest request first, each whole while it fits. A big request (more rows than a batch)
+        takes an even share of the room left, so several big ones advance together and a small
+        one behind them waits about one batch; a small one that does not fit waits for the next
+        batch, whole, rather than be cut into chunks. The oldest request always gets rows, so no
+        request starves behind a stream of smaller ones; a lone request's tail of up to half a
+        batch goes with its last chunk rather than make a batch of its own.
+        """
         self._pending = [e for e in self._pending if not e.future.done()]
-        room, plan = self.batch_rows(), []
-        by_size = sorted((e for e in self._pending if e.left > 0), key=lambda e: e.left)
-        for i, entry in enumerate(by_size):
+        rows = room = self.batch_rows()
+        waiting = [e for e in self._pending if e.left > 0]
+        oldest, plan = (waiting[0] if waiting else None), []
+        for i, entry in enumerate(sorted(waiting, key=lambda e: e.left)):
             if room <= 0:
                 break
-            take = min(entry.left, room, max(1, room // (len(by_size) - i)))
+            share = max(1, room // (len(waiting) - i))
+            if entry.left <= room or (len(waiting) == 1 and entry.left <= 1.5 * room):
+                take = entry.left
+            elif entry.left <= rows and plan and entry is not oldest:
+                continue  # whole, in the next batch
+            else:
+                take = min(entry.left, room, share)
             plan.append((entry, entry.taken, entry.taken + take))
             entry.taken += take
             room -= take
@@ -285,7 +311,7 @@ class MicroBatcher:
         start = time.perf_counter()
         try:
             parts = [e.item[a:b] for e, a, b in plan]
-            if self._warm and self.timer.seconds(rows, 1) <= INLINE_BATCH_S:
+            if self._warm and self._inline(rows):
                 answers, seconds = self._timed(parts)  # quicker than a hop to a thread and back
             else:
                 answers, seconds = await asyncio.get_running_loop().run_in_executor(
@@ -305,6 +331,12 @@ class MicroBatcher:
             self.on_batch(len(plan), time.perf_counter() - start)
         for (entry, first, stop), answer in zip(plan, answers):
             self._answer(entry, first, stop, answer)
+
+    def _inline(self, rows: int) -> bool:
+        """Whether a batch of `rows` runs on the event loop (see the module docstring)."""
+        seconds = self.timer.seconds(rows, 1)
+        return seconds <= INLINE_BATCH_S or (seconds <= INLINE_MAX_S and (
+            self.parallel_batches == 1 or (len(self._batches) <= 1 and not self.queued)))
 
     def _timed(self, parts: list[np.ndarray]) -> tuple[Sequence, float]:
         """`run_batch(parts)` and the seconds it took itself (no thread hops)."""

@@ -143,8 +143,9 @@ def test_batch_timer_fits_overhead_and_cost_per_unit():
 
 def test_retry_after_follows_the_work_queued_not_an_average():
     """Issue 15: Retry-After was a stale average of batch times, whatever was queued. Here a
-    sample costs 2 ms: a queue of 4 one-sample requests says 1 s, a queue of 4 requests of
-    1,000 samples (≈ 8 s of work) says about 8 s, from the same recent history."""
+    sample costs 5 ms (so batches run in a thread, never on the event loop): a queue of 4
+    one-sample requests says 1 s, a queue of 4 requests of 1,000 samples (≈ 20 s of work) says
+    about 20 s, from the same recent history."""
     gate = threading.Event()
 
     def run(parts):
@@ -167,7 +168,7 @@ def test_retry_after_follows_the_work_queued_not_an_average():
     async def main():
         b = MicroBatcher(run, max_batch_samples=1000, max_delay_ms=0, max_queue=4)
         for units in (1, 10, 100, 1000):
-            b.timer.add(units, 0.002 * units)
+            b.timer.add(units, 0.005 * units)
         await b.start()
         little = await refusal_when_queued(b, 1)
         lot = await refusal_when_queued(b, 1000)
@@ -176,7 +177,7 @@ def test_retry_after_follows_the_work_queued_not_an_average():
 
     little, lot = asyncio.run(main())
     assert little == 1
-    assert 7 <= lot <= 10
+    assert 18 <= lot <= 24
 
 
 def test_a_batcher_whose_task_died_is_restarted_and_answers():
@@ -253,7 +254,7 @@ def test_a_batch_holds_no_more_rows_than_fit_in_its_time_budget():
         return answer
 
     answer = asyncio.run(main())
-    assert batches == [10, 10, 10, 5]
+    assert batches == [10, 10, 15]  # a lone request's tail under half a batch goes with the last
     np.testing.assert_array_equal(answer, np.arange(35))
 
 
@@ -265,3 +266,57 @@ def test_an_empty_request_is_refused_not_left_waiting():
         await b.stop()
 
     asyncio.run(main())
+
+
+def test_requests_that_fit_a_batch_are_never_cut_into_chunks():
+    """Issue 16: with a batch budget of 20 rows, 8 waiting requests of 16 rows each got one row
+    per batch each (16 batches before any answer). Now each goes in whole, one a batch."""
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(parts):
+        gate.wait(5)
+        batches.append([len(p) for p in parts])
+        return list(parts)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=20, max_delay_ms=0)
+        await b.start()
+        blocker = asyncio.create_task(b.submit(_rows(1)))
+        await asyncio.sleep(0.1)
+        waiting = [asyncio.create_task(b.submit(_rows(16, k))) for k in range(8)]
+        await asyncio.sleep(0.02)
+        gate.set()
+        return await asyncio.gather(blocker, *waiting)
+
+    answers = asyncio.run(main())
+    assert batches[1:] == [[16]] * 8
+    assert [a.tolist() for a in answers[1:]] == [[float(k)] * 16 for k in range(8)]
+
+
+@pytest.mark.parametrize("parallel, seconds_per_row, inline", [
+    (1, 1e-4, True),    # one batch at a time: a thread buys nothing (1.6 ms a batch)
+    (2, 1e-4, True),    # two slots, but one client: the only work in hand
+    (1, 1e-2, False),   # predicted past INLINE_MAX_S: the loop keeps answering
+])
+def test_batches_run_on_the_event_loop_only_where_a_thread_buys_nothing(
+        parallel, seconds_per_row, inline):
+    threads: list[int] = []
+
+    def run(parts):
+        threads.append(threading.get_ident())
+        return list(parts)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=64, max_delay_ms=0, parallel_batches=parallel)
+        b.timer.overhead, b.timer.per_unit = 0.0, seconds_per_row
+        b.timer.add = lambda units, seconds: None             # keep that fit
+        await b.start()
+        for _ in range(3):
+            await b.submit(_rows(16))
+        await b.stop()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert threads[0] != loop_thread                         # the first batch warms up apart
+    assert all((t == loop_thread) == inline for t in threads[1:])
