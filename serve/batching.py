@@ -8,19 +8,12 @@ several threads, whose small ops parallelise poorly), so that:
 - **No idle tax.** When a batch slot is free and nothing waits, a request starts at once.
 - **What queued while the batches ran goes in the next one**, up to `max_batch_samples` rows
   and no more than fit in `max_batch_ms` by the running fit of batch time (`BatchTimer`).
-- **Fair shares, in samples.** Requests go in smallest first, whole while they fit; big ones
-  (more rows than a batch) share the room left evenly and run in chunks, so a small request
-  behind them waits about one batch, not for every big request ahead of it (`_plan`).
-- **Batches inline where a thread buys nothing.** A batch runs on the event loop itself, not in
-  a worker thread, when it is predicted to take under `INLINE_BATCH_S` (2-D models: the hop
-  there and back costs more), when this process runs one batch at a time anyway
-  (`parallel_batches=1`, as each of `--workers N` = cores does), or when it is the only work
-  in hand (one client: no other batch runs, no request waits), and then only up to
-  `INLINE_MAX_S`. The hop costs a request about as much CPU as the model on a small CPU
-  (README "Serving speed").
-- **No needless chunks.** A request that fits a batch is never cut; a lone request whose
-  rest would be under half a batch goes in whole (up to 1.5 × the batch's rows) rather than
-  leave a tail batch of its own.
+- **Fair shares, in samples.** Smallest first, whole while they fit (never cut); big requests
+  share the room left and run in chunks, so a small one behind them waits about one batch.
+- **Batches inline where a thread buys nothing.** A batch runs on the event loop itself when
+  predicted under `INLINE_BATCH_S` (2-D models), or under `INLINE_MAX_S` when this process
+  runs one batch at a time anyway (`parallel_batches=1`: each of `--workers N` = cores) or it
+  is the only work in hand (one client). The hop costs about as much CPU as a small model.
 - **Waiting only where it pays.** With `max_delay_ms` > 0, a batch that is not full waits for
   more requests only while the arrival rate × one batch's fixed cost (`BatchTimer`) exceeds the
   requests in hand: a request that joins saves a batch's overhead; each waiting costs its
@@ -238,16 +231,11 @@ class MicroBatcher:
         return int(max(1, min(self.max_batch_samples, fit)))
 
     def _plan(self) -> list[tuple[_Entry, int, int]]:
-        """The next batch: (request, first row, end row) per part. Requests whose callers have
-        gone are dropped here.
-
-        Smallest request first, each whole while it fits. A big request (more rows than a batch)
-        takes an even share of the room left, so several big ones advance together and a small
-        one behind them waits about one batch; a small one that does not fit waits for the next
-        batch, whole, rather than be cut into chunks. The oldest request always gets rows, so no
-        request starves behind a stream of smaller ones; a lone request's tail of up to half a
-        batch goes with its last chunk rather than make a batch of its own.
-        """
+        """The next batch: (request, first row, end row) per part; requests whose callers have
+        gone are dropped. Smallest first, whole while they fit; a big request (more rows than a
+        batch) takes an even share of the room left; a small one that does not fit waits, whole,
+        for the next batch. The oldest always gets rows (no starving behind smaller ones); a lone
+        request's tail of up to half a batch goes with its last chunk."""
         self._pending = [e for e in self._pending if not e.future.done()]
         rows = room = self.batch_rows()
         waiting = [e for e in self._pending if e.left > 0]
