@@ -10,10 +10,10 @@ several threads, whose small ops parallelise poorly), so that:
   and no more than fit in `max_batch_ms` by the running fit of batch time (`BatchTimer`).
 - **Fair shares, in samples.** Smallest first, whole while they fit (never cut); big requests
   share the room left and run in chunks, so a small one behind them waits about one batch.
-- **Batches inline where a thread buys nothing.** A batch runs on the event loop itself when
-  predicted under `INLINE_BATCH_S` (2-D models), or under `INLINE_MAX_S` when this process
-  runs one batch at a time anyway (`parallel_batches=1`: each of `--workers N` = cores) or it
-  is the only work in hand (one client). The hop costs about as much CPU as a small model.
+- **Tiny batches inline.** A batch predicted to take under `INLINE_BATCH_S` runs on the event
+  loop, not in a thread: the hop there and back costs more (2-D models). Longer ones never do:
+  a blocked loop reads no new requests, so it would see no queue and run every batch inline,
+  one core's worth (README "Serving speed": measured, and dropped).
 - **Waiting only where it pays.** With `max_delay_ms` > 0, a batch that is not full waits for
   more requests only while the arrival rate × one batch's fixed cost (`BatchTimer`) exceeds the
   requests in hand: a request that joins saves a batch's overhead; each waiting costs its
@@ -47,9 +47,6 @@ log = logging.getLogger(__name__)
 #: A batch the running fit says takes at most this long runs on the event loop itself: less
 #: than a hop to a worker thread and back (a 2-D model's batches take tens of microseconds).
 INLINE_BATCH_S = 2e-4
-#: No batch predicted to take longer runs on the event loop, whatever else holds: the loop must
-#: keep answering health checks and refusing what it cannot queue.
-INLINE_MAX_S = 4e-3
 
 
 class Overloaded(RequestError):
@@ -299,7 +296,7 @@ class MicroBatcher:
         start = time.perf_counter()
         try:
             parts = [e.item[a:b] for e, a, b in plan]
-            if self._warm and self._inline(rows):
+            if self._warm and self.timer.seconds(rows, 1) <= INLINE_BATCH_S:
                 answers, seconds = self._timed(parts)  # quicker than a hop to a thread and back
             else:
                 answers, seconds = await asyncio.get_running_loop().run_in_executor(
@@ -319,12 +316,6 @@ class MicroBatcher:
             self.on_batch(len(plan), time.perf_counter() - start)
         for (entry, first, stop), answer in zip(plan, answers):
             self._answer(entry, first, stop, answer)
-
-    def _inline(self, rows: int) -> bool:
-        """Whether a batch of `rows` runs on the event loop (see the module docstring)."""
-        seconds = self.timer.seconds(rows, 1)
-        return seconds <= INLINE_BATCH_S or (seconds <= INLINE_MAX_S and (
-            self.parallel_batches == 1 or (len(self._batches) <= 1 and not self.queued)))
 
     def _timed(self, parts: list[np.ndarray]) -> tuple[Sequence, float]:
         """`run_batch(parts)` and the seconds it took itself (no thread hops)."""

@@ -143,9 +143,8 @@ def test_batch_timer_fits_overhead_and_cost_per_unit():
 
 def test_retry_after_follows_the_work_queued_not_an_average():
     """Issue 15: Retry-After was a stale average of batch times, whatever was queued. Here a
-    sample costs 5 ms (so batches run in a thread, never on the event loop): a queue of 4
-    one-sample requests says 1 s, a queue of 4 requests of 1,000 samples (≈ 20 s of work) says
-    about 20 s, from the same recent history."""
+    sample costs 5 ms: a queue of 4 one-sample requests says 1 s, a queue of 4 requests of
+    1,000 samples (≈ 20 s of work) says about 20 s, from the same recent history."""
     gate = threading.Event()
 
     def run(parts):
@@ -295,11 +294,12 @@ def test_requests_that_fit_a_batch_are_never_cut_into_chunks():
 
 
 @pytest.mark.parametrize("parallel, seconds_per_row, inline", [
-    (1, 1e-4, True),    # one batch at a time: a thread buys nothing (1.6 ms a batch)
-    (2, 1e-4, True),    # two slots, but one client: the only work in hand
-    (1, 1e-2, False),   # predicted past INLINE_MAX_S: the loop keeps answering
+    (1, 1e-6, True),    # 16 µs a batch: the hop to a thread would cost more
+    (2, 1e-6, True),
+    (1, 1e-4, False),   # 1.6 ms a batch: a thread, so the loop keeps reading requests
+    (2, 1e-4, False),
 ])
-def test_batches_run_on_the_event_loop_only_where_a_thread_buys_nothing(
+def test_only_tiny_batches_run_on_the_event_loop(
         parallel, seconds_per_row, inline):
     threads: list[int] = []
 
