@@ -12,6 +12,7 @@ One command rebuilds `ebgen/pretrained/<name>/` for each model: train with the r
     python scripts/retrain_bundled.py --only mnist --data ~/data/mnist --compare-gan
     python scripts/retrain_bundled.py --table        # the README's results tables
     python scripts/retrain_bundled.py --remeasure --only ring grid   # new metrics, same models
+    python scripts/retrain_bundled.py --weights-from-onnx --only mnist  # torch/ from its ONNX
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 #: name → (preset, config overrides, description of the source data). The presets carry the
 #: measured recipes; the overrides pick the data set and the seed.
@@ -193,6 +196,76 @@ def add_log_z(name: str) -> dict[str, Any]:
     return info["log_partition"]
 
 
+def weights_from_onnx(name: str) -> dict[str, Any]:
+    """Give a bundled model its PyTorch weights (torch/) back from its own ONNX files.
+
+    Every parameter and buffer is the ONNX initializer of the same name, except where the
+    exporter folded a batch norm into the layer before it (`net.K.weight` scaled, the shift as
+    `net.K.weight_bias`): that norm comes back as an identity carrying the shift, the same
+    function in eval mode. The nets are checked against every bundled ONNX file as `ebgen
+    export` checks its own (batches 1, 7, 64; rtol 1e-3, atol 1e-4) before torch/ is kept.
+    """
+    import onnx
+    import torch
+    from onnx import numpy_helper
+
+    from ebgen.checkpoint import save_checkpoint
+    from ebgen.config import Config
+    from ebgen.export.onnx_export import UInt8Generator, check_parity
+    from ebgen.latents import sample_latents
+    from ebgen.models import build_models
+
+    target = PACKAGE_DIR / name
+    info = json.loads((target / "model.json").read_text())
+    config = Config.from_dict(info["provenance"]["config"])
+    model = config.model
+    energy, generator = build_models(model)
+    for net, key in ((energy, "energy"), (generator, "generator")):
+        graph = onnx.load(str(target / info["onnx"][key]["file"])).graph
+        found = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy())
+                 for i in graph.initializer}
+        net.load_state_dict(_unfold_norms(net, found), strict=True)
+    if model.kind != "image":
+        raise SystemExit(f"{name}: points models carry their weights since they were trained")
+    latents = lambda n, seed: sample_latents(n, model.z_dim, seed, model.latent)  # noqa: E731
+    images = lambda n, seed: np.random.default_rng(seed).uniform(  # noqa: E731
+        -1, 1, (n, *model.sample_shape)).astype(np.float32)
+    parity = {key: check_parity(target / info["onnx"][key]["file"], net, make_input)
+              for key, net, make_input in (("generator", generator, latents),
+                                           ("generator_uint8", UInt8Generator(generator), latents),
+                                           ("energy", energy, images))}
+    step = info["provenance"].get("step", 0)
+    save_checkpoint(target / "torch", config, energy, generator, step)
+    info["torch"] = "torch"
+    (target / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    return {"step": step, "parity": parity}
+
+
+def _unfold_norms(net: Any, found: dict[str, Any]) -> dict[str, Any]:
+    """`net`'s state dict from ONNX initializers, batch norms the exporter folded made identities
+    that add the folded shift (`PREV.weight_bias`)."""
+    import torch
+
+    state, modules = {}, dict(net.named_modules())
+    for key, value in net.state_dict().items():
+        if key in found:
+            state[key] = found[key]
+            continue
+        norm, _, field = key.rpartition(".")
+        parent, _, index = norm.rpartition(".")
+        shift = found.get(f"{parent}.{int(index) - 1}.weight_bias")
+        if not isinstance(modules.get(norm), torch.nn.modules.batchnorm._BatchNorm) \
+                or shift is None:
+            raise SystemExit(f"{key} is in neither the ONNX file nor a folded batch norm")
+        identity = {"weight": lambda: torch.ones_like(value),
+                    "bias": lambda: shift.reshape(value.shape),
+                    "running_mean": lambda: torch.zeros_like(value),
+                    "running_var": lambda: torch.full_like(value, 1.0 - modules[norm].eps),
+                    "num_batches_tracked": lambda: value}
+        state[key] = identity[field]()
+    return state
+
+
 def remeasure(name: str, data: str | None) -> dict[str, Any]:
     """Rerun `ebgen eval` on a bundled model's exported files and rewrite its quality.json
     (the comparison runs it keeps are not remeasured)."""
@@ -220,10 +293,18 @@ def main() -> None:
                         help="only print the README's results tables from the bundled models")
     parser.add_argument("--remeasure", action="store_true",
                         help="train nothing: rerun eval on the bundled files, rewrite quality.json")
+    parser.add_argument("--weights-from-onnx", action="store_true",
+                        help="train nothing: rebuild torch/ of an image model from its ONNX "
+                             "files (checked against them), for models bundled before weights "
+                             "travelled")
     parser.add_argument("--add-log-z", action="store_true",
                         help="train nothing: estimate log Z from the bundled weights into "
                              "model.json, then remeasure")
     args = parser.parse_args()
+    if args.weights_from_onnx:
+        for name in args.only:
+            print(json.dumps({"name": name, **weights_from_onnx(name)}, indent=2), flush=True)
+        return
     if args.add_log_z:
         for name in args.only:
             print(json.dumps({"name": name, **add_log_z(name)}, indent=2), flush=True)

@@ -2,6 +2,8 @@
 `ebgen.load_torch` gives nets that agree with onnxruntime and provide gradients."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,7 +75,9 @@ def test_latent_mala_moves_towards_low_energy_and_stays_in_the_latent_cube():
         model.refine(z, steps=1, step_size=0.0)
 
 
-def test_generate_refine_steps_from_the_cli(tmp_path):
+def test_generate_refine_steps_from_the_cli(tmp_path, tiny_model_dir):
+    import shutil
+
     from click.testing import CliRunner
 
     from ebgen.cli.main import cli
@@ -86,6 +90,29 @@ def test_generate_refine_steps_from_the_cli(tmp_path):
     raw = tmp_path / "raw.npy"
     CliRunner().invoke(cli, ["generate", "--model", "grid", "-n", "50", "--out", str(raw)])
     assert not np.allclose(np.load(raw), np.load(out))
-    refused = CliRunner().invoke(cli, ["generate", "-n", "4", "--refine-steps", "5",
-                                       "--out", str(tmp_path / "m.png")])
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    shutil.rmtree(old / "torch")
+    refused = CliRunner().invoke(cli, ["generate", "--model", str(old), "-n", "4",
+                                       "--refine-steps", "5", "--out", str(tmp_path / "m.png")])
     assert refused.exit_code == 2 and "carries no PyTorch weights" in refused.output
+
+
+def test_the_bundled_mnist_carries_weights_that_match_its_onnx_files():
+    """Its torch/ was rebuilt from its ONNX files (`scripts/retrain_bundled.py
+    --weights-from-onnx`: the generator's folded batch norms come back as identities carrying
+    the shift); on real digits and on its own samples it is the same model."""
+    model, torch_model = ebgen.load_model("mnist", device="cpu"), ebgen.load_torch("mnist")
+    from ebgen.images import read_idx
+
+    digits = read_idx(Path(__file__).parent / "data" / "mnist" / "t10k-images-idx3-ubyte.gz")
+    digits = digits[:32, None]
+    np.testing.assert_allclose(torch_model.energy(digits), model.energy(digits),
+                               rtol=1e-4, atol=2e-3)
+    samples = model.generate(16, seed=5)
+    np.testing.assert_allclose(torch_model.generate(16, seed=5), samples, atol=1e-5)
+    grad = torch_model.energy_grad(samples[:4])
+    assert grad.shape == samples[:4].shape and np.isfinite(grad).all()
+    refined, accepted = torch_model.refine(torch_model.latents(8, seed=1), steps=3,
+                                           step_size=0.01, seed=0)
+    assert refined.shape == (8, model.z_dim) and 0.0 <= accepted <= 1.0
