@@ -241,7 +241,9 @@ class MicroBatcher:
             if room <= 0:
                 break
             share = max(1, room // (len(waiting) - i))
-            if entry.left <= room or (len(waiting) == 1 and entry.left <= 1.5 * room):
+            lone_tail = len(waiting) == 1 and entry.left <= min(1.5 * room,
+                                                                self.max_batch_samples)
+            if entry.left <= room or lone_tail:
                 take = entry.left
             elif entry.left <= rows and plan and entry is not oldest:
                 continue  # whole, in the next batch

@@ -320,3 +320,22 @@ def test_only_tiny_batches_run_on_the_event_loop(
     loop_thread = asyncio.run(main())
     assert threads[0] != loop_thread                         # the first batch warms up apart
     assert all((t == loop_thread) == inline for t in threads[1:])
+
+
+def test_a_lone_requests_tail_never_passes_max_batch_samples():
+    batches: list[int] = []
+
+    def run(parts):
+        batches.append(sum(len(p) for p in parts))
+        return list(parts)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=1024, max_delay_ms=0)
+        await b.start()
+        answer = await b.submit(np.arange(1500, dtype=np.float32))
+        await b.stop()
+        return answer
+
+    answer = asyncio.run(main())
+    assert batches == [1024, 476]
+    np.testing.assert_array_equal(answer, np.arange(1500))
