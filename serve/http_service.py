@@ -143,35 +143,53 @@ class _Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class _Counted:
-    """ASGI middleware: counts and times every HTTP request for /metrics, and answers an
-    exception that escaped a route with a normal one-line JSON 500 (which /metrics counts and
-    which keeps the keep-alive connection usable). Plain ASGI, not Starlette's
-    BaseHTTPMiddleware, which costs a task group and a stream per request."""
+class _JsonErrors:
+    """ASGI middleware: an exception that escaped a route is answered with the normal one-line
+    JSON 500 (not Starlette's plain text), which /metrics counts and which keeps the keep-alive
+    connection usable. Around the REST routes and, inside FastAPI's stack, around its own."""
 
-    def __init__(self, app: Any, metrics: _Metrics, backend: Backend) -> None:
-        self.app, self.metrics, self.backend = app, metrics, backend
+    def __init__(self, app: Any) -> None:
+        self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
         started = False
 
-        async def send_counted(message: dict) -> None:
+        async def send_tracked(message: dict) -> None:
             nonlocal started
-            if message["type"] == "http.response.start":
-                started, status[0] = True, message["status"]
+            started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, receive, send_counted)
+            await self.app(scope, receive, send_tracked)
         except Exception as err:
             log.exception("internal error on %s", scope.get("path"))
             if started:
                 raise
             await _error(RequestError(500, f"internal error: {type(err).__name__}"))(
-                scope, receive, send_counted)
+                scope, receive, send)
+
+
+class _Counted:
+    """ASGI middleware: counts and times every HTTP request for /metrics (a 500 included:
+    `_JsonErrors` answers it). Plain ASGI, not Starlette's BaseHTTPMiddleware, which costs a
+    task group and a stream per request."""
+
+    def __init__(self, app: Any, metrics: _Metrics, backend: Backend) -> None:
+        self.app, self.metrics, self.backend = _JsonErrors(app), metrics, backend
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def send_counted(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_counted)
         endpoint = scope.get(ENDPOINT_KEY) or getattr(scope.get("route"), "path", "other")
         self.metrics.requests.labels(endpoint, str(status[0])).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
@@ -237,6 +255,7 @@ def create_app(config: ServeConfig, model: Any = None) -> Any:
 
     app.include_router(metrics_router(metrics))
     app.include_router(v2.router(backend))
+    app.add_middleware(_JsonErrors)  # inside Starlette's plain-text ServerErrorMiddleware
     # Outside FastAPI's own middleware stack: the two hot routes skip it altogether.
     return _Counted(RestRoutes(app, backend), metrics, backend)  # outermost: counts all
 

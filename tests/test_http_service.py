@@ -195,6 +195,9 @@ def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_mod
             score = client.post("/score", content=codecs.encode_npy(model.generate(2, 0)),
                                 headers={"Content-Type": "application/octet-stream"})
             assert score.status_code == 200  # the same connection keeps answering
+            v2 = client.post("/v2/models/generator/infer",
+                             json={"parameters": {"num_samples": 2, "seed": 1}})
+            assert v2.status_code == 500 and v2.json() == {"error": "internal error: RuntimeError"}
             metrics = client.get("/metrics").text
         assert 'ebgen_requests_total{endpoint="/generate",status="500"} 1.0' in metrics
 
