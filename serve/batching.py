@@ -237,18 +237,25 @@ class MicroBatcher:
         rows = room = self.batch_rows()
         waiting = [e for e in self._pending if e.left > 0]
         oldest, plan = (waiting[0] if waiting else None), []
+        # Rows kept for the oldest until its turn, so smaller ones cannot take them all.
+        reserve = min(oldest.left, max(1, rows // len(waiting))) if oldest else 0
         for i, entry in enumerate(sorted(waiting, key=lambda e: e.left)):
             if room <= 0:
                 break
-            share = max(1, room // (len(waiting) - i))
-            lone_tail = len(waiting) == 1 and entry.left <= min(1.5 * room,
+            if entry is oldest:
+                reserve = 0
+            free = room - reserve
+            if free <= 0:
+                continue
+            share = max(1, free // (len(waiting) - i))
+            lone_tail = len(waiting) == 1 and entry.left <= min(1.5 * free,
                                                                 self.max_batch_samples)
-            if entry.left <= room or lone_tail:
+            if entry.left <= free or lone_tail:
                 take = entry.left
             elif entry.left <= rows and plan and entry is not oldest:
                 continue  # whole, in the next batch
             else:
-                take = min(entry.left, room, share)
+                take = min(entry.left, free, share)
             plan.append((entry, entry.taken, entry.taken + take))
             entry.taken += take
             room -= take

@@ -339,3 +339,32 @@ def test_a_lone_requests_tail_never_passes_max_batch_samples():
     answer = asyncio.run(main())
     assert batches == [1024, 476]
     np.testing.assert_array_equal(answer, np.arange(1500))
+
+
+def test_the_oldest_request_gets_rows_however_many_smaller_ones_fill_the_batch():
+    """Smaller requests go first, whole; they must not take every row of every batch from a big
+    request that waits longest."""
+    batches: list[list[tuple[int, float]]] = []   # (rows, value) per part: the big one is 9s
+    gate = threading.Event()
+
+    def run(parts):
+        gate.wait(5)
+        batches.append([(len(p), float(p[0])) for p in parts])
+        return list(parts)
+
+    async def main():
+        b = MicroBatcher(run, max_batch_samples=40, max_delay_ms=0)
+        await b.start()
+        blocker = asyncio.create_task(b.submit(_rows(1)))
+        await asyncio.sleep(0.1)
+        big = asyncio.create_task(b.submit(_rows(100, 9)))
+        await asyncio.sleep(0.02)
+        small = [asyncio.create_task(b.submit(_rows(10, k))) for k in range(8)]
+        await asyncio.sleep(0.02)
+        gate.set()
+        return await asyncio.gather(blocker, big, *small)
+
+    answers = asyncio.run(main())
+    assert all(sum(n for n, _ in batch) <= 40 for batch in batches)
+    assert (10, 9.0) in batches[1] and len(batches[1]) == 4  # 3 small ones whole + a big chunk
+    assert answers[1].tolist() == [9.0] * 100
