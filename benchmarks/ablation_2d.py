@@ -91,7 +91,8 @@ def run_one(job: tuple[str, dict[str, Any], str, int, int | None]) -> dict[str, 
         section = report[view]
         row[view] = {k: section.get(k) for k in (
             "mmd2_ratio", "mmd2_local_ratio", "precision_ratio", "recall_ratio",
-            "share_ratio_min", "share_ratio_max", "modes", "num_modes", "high_quality")}
+            "share_ratio_min", "share_ratio_max", "modes", "num_modes", "high_quality",
+            "radial_shares", "radial_tv")}
     return row
 
 

@@ -33,8 +33,10 @@ def eval_command(model, num_samples, path, anomaly, plots_dir, seed, device, as_
     on a grid): MMD² as a ratio to the data-vs-data floor (RBF kernels in standardised
     coordinates, global bandwidth 0.3 × the median pairwise distance, local bandwidth the
     median 10-NN distance; 1 = as close as fresh data), precision/recall beside fresh data's,
-    and for built-in sets each mode's share over its weight and VEEGAN modes/HQ; then
-    KL(p_data ‖ p_E) on a grid (a KDE of the held-out points for --data files). Image models: mean energies of held-out data, samples and noise;
+    and for built-in sets each mode's share over its weight, the shares within 1, 2, 3 and
+    beyond 3σ of the modes beside the data's (radial profile) and VEEGAN modes/HQ; then
+    KL(p_data ‖ p_E) on a grid (a KDE of the held-out points for --data files). Image
+    models: mean energies of held-out data, samples and noise;
     28×28 digit models also get the bundled classifier's metrics (classes covered, KL of the
     class histogram to uniform, share of confident samples, Fréchet distance).
 
