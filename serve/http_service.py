@@ -260,16 +260,6 @@ def create_app(config: ServeConfig, model: Any = None) -> Any:
     return _Counted(RestRoutes(app, backend), metrics, backend)  # outermost: counts all
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def app_from_env() -> Any:
     """uvicorn factory for worker processes: the app for the config in $EBGEN_SERVE_CONFIG.
 
@@ -277,10 +267,8 @@ def app_from_env() -> Any:
     supervisor dies, even by SIGKILL, rather than serve on as an orphan.
     """
     supervisor = os.environ.get(SUPERVISOR_ENV)
-    if supervisor and int(supervisor) != os.getppid() and not _alive(int(supervisor)):
-        raise SystemExit(f"ebgen serve: the supervisor (pid {supervisor}) died while this "
-                         "worker was starting")  # orphaned before the lifeline could start
-    if supervisor and int(supervisor) == os.getppid():
+    # Its parent, or gone already: a worker orphaned while it was starting stops at once.
+    if supervisor and (int(supervisor) == os.getppid() or not lifeline.alive(int(supervisor))):
         metrics_dir = os.environ.get(MULTIPROC_ENV)
         lifeline.exit_with_parent(int(supervisor), cleanup=lambda: metrics_dir and shutil.rmtree(
             metrics_dir, ignore_errors=True))

@@ -57,6 +57,17 @@ def stop_group(group: int, grace_s: float = GRACE_S) -> None:
         pass
 
 
+def alive(pid: int) -> bool:
+    """Whether a process `pid` exists (it may belong to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def exit_with_parent(parent: int, cleanup: Callable[[], None] | None = None) -> threading.Thread:
     """A daemon thread that runs `cleanup` and stops this process (SIGTERM to itself, so its
     server shuts down as on Ctrl-C) once `parent` is no longer its parent."""

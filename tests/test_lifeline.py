@@ -83,3 +83,12 @@ def test_killing_the_launcher_stops_torchserve(tiny_model_dir, tmp_path, how):
             p.kill()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_alive_tells_a_running_process_from_a_reaped_one():
+    """What lets a worker orphaned while starting (its supervisor already gone) stop at once."""
+    from ebgen.serve import lifeline
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert lifeline.alive(os.getpid()) and not lifeline.alive(child.pid)

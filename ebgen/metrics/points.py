@@ -8,7 +8,7 @@
   the samples reach, and which share of samples lies within 3σ (Mahalanobis) of its mode.
 * `mode_shares` — each mode's share of the samples over its weight in the mixture.
 * `radial_profile` — how the samples spread within their modes: shares at 0–1, 1–2, 2–3 and
-  beyond 3σ (Mahalanobis) beside a Gaussian mode's own, so wells too sharp at the centre and
+  beyond 3σ (Mahalanobis) beside fresh data's, so wells too sharp at the centre and
   too heavy in the tails show even where HQ % and the mode shares look right.
 * `sample_energy_grid` — exact samples of p ∝ exp(−E): cells of a fine grid drawn by their
   probability, then a uniform point inside the cell.
@@ -215,14 +215,14 @@ SAMPLING_RESOLUTION = 1000
 
 
 #: Edges of the Mahalanobis bands of `radial_profile`, in units of the mode's own std.
-RADIAL_EDGES = (1.0, 2.0, 3.0)
+RADIAL_EDGES = np.array((0.0, 1.0, 2.0, 3.0, np.inf))
 
 
 def _radial_shares(points: np.ndarray, toy: ToySet) -> np.ndarray:
     """Shares of `points` in the Mahalanobis bands of `RADIAL_EDGES` (non-finite: the last)."""
     _, dist = toy.assign(np.asarray(points, dtype=np.float64).reshape(-1, 2))
-    edges = np.array((0.0, *RADIAL_EDGES, np.inf))
-    return np.histogram(np.nan_to_num(dist, nan=np.inf), bins=edges)[0] / max(1, len(dist))
+    counts = np.histogram(np.nan_to_num(dist, nan=np.inf), bins=RADIAL_EDGES)[0]
+    return counts / max(1, len(dist))
 
 
 def radial_profile(samples: np.ndarray, toy: ToySet, reference: np.ndarray | None = None
@@ -237,8 +237,7 @@ def radial_profile(samples: np.ndarray, toy: ToySet, reference: np.ndarray | Non
     """
     shares = _radial_shares(samples, toy)
     if reference is None:
-        radii = np.array((0.0, *RADIAL_EDGES, np.inf))
-        expected = np.diff(1.0 - np.exp(-0.5 * radii ** 2))
+        expected = np.diff(1.0 - np.exp(-0.5 * RADIAL_EDGES ** 2))
     else:
         expected = _radial_shares(reference, toy)
     return {"radial_shares": [round(float(v), 4) for v in shares],
