@@ -68,6 +68,11 @@ class ModelConfig:
                                                "smooth at 0) or silu (smooth, not monotone; "
                                                "measured unstable on the ring and grid, see "
                                                "the README's ablation).", ENERGY_ACTIVATIONS)
+    quadratic_experts: int = opt(0, "Quadratic experts in the energy: + ½ Σ_j (u_jᵀ f(x) + "
+                                    "d_j)² over its deep features f, piecewise quadratic, "
+                                    "so a well can be a bowl (Gaussian-shaped) rather than "
+                                    "a cone; 0 = none (measured no better on the ring and "
+                                    "grid: README ablation).")
     num_components: int = opt(0, "Points: split the latent into K components (equal "
                                  "weights unless --component-reweighting learns them; "
                                  "(picked by z's first coordinate, each with its own first-layer "
@@ -107,6 +112,8 @@ class ModelConfig:
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
         if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
             raise EbgenError("z_dim, num_experts and depth must be positive")
+        if self.quadratic_experts < 0:
+            raise EbgenError(f"quadratic_experts must be >= 0, got {self.quadratic_experts}")
         if self.num_components < 0 or (self.num_components and self.kind != "points"):
             raise EbgenError(f"num_components needs a points model and must be >= 0, "
                              f"got {self.num_components}")

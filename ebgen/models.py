@@ -147,7 +147,8 @@ class EnergyModel(nn.Module):
 
     E(x) = ‖x‖² / (2σ²) − bᵀx − Σ_i softplus(w_iᵀ f(x) + c_i): a Gaussian prior with learnable
     scale σ and bias b, plus a product of softplus experts over deep features f (a strided
-    conv net for images, an MLP for points). With `base="data"` the prior is instead
+    conv net for images, an MLP for points); with `quadratic_experts` also
+    + ½ Σ_j (u_jᵀ f(x) + d_j)², which makes piecewise-linear features draw bowls, not cones. With `base="data"` the prior is instead
     ½ Σ_d (x_d − μ_d)² / v_d, the training data's per-dimension mean μ and variance v (floored),
     fixed by `fit_base` before training: dimensions the data never varies in (an image's
     border) then cost energy to change, which the experts alone never learn, since neither
@@ -188,6 +189,11 @@ class EnergyModel(nn.Module):
             self.log_sigma = nn.Parameter(torch.zeros(()))
             self.bias = nn.Parameter(torch.zeros(input_dim))
         self.experts = nn.Linear(feature_dim, config.num_experts)
+        if config.quadratic_experts:
+            self.quadratic = nn.Linear(feature_dim, config.quadratic_experts)
+            with torch.no_grad():  # starts near zero: the bowls grow as training needs them
+                self.quadratic.weight.mul_(0.1)
+                self.quadratic.bias.zero_()
         self.affine = InputAffine(config)
 
     @property
@@ -237,8 +243,10 @@ class EnergyModel(nn.Module):
         else:
             prior = (flat.pow(2).sum(1) * (0.5 * torch.exp(-2 * self.log_sigma))
                      - flat @ self.bias)
-        experts = F.softplus(self.experts(self.features(x))).sum(1)
-        energy = prior - experts
+        features = self.features(x)
+        energy = prior - F.softplus(self.experts(features)).sum(1)
+        if self.config.quadratic_experts:
+            energy = energy + 0.5 * self.quadratic(features).pow(2).sum(1)
         return (energy if self.affine.identity else energy + self.affine.log_det).float()
 
 

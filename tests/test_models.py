@@ -173,6 +173,49 @@ def test_every_energy_activation_exports_to_onnx_with_parity(activation, tmp_pat
     assert set(diffs) and max(diffs.values()) < 1e-3
 
 
+def test_quadratic_experts_export_to_onnx_with_parity(tmp_path):
+    from ebgen.export import check_parity, export_onnx
+    from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT
+
+    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
+                      quadratic_experts=4)
+    energy, _ = build_models(cfg)
+    with torch.no_grad():
+        energy.quadratic.weight.normal_()  # large enough that a wrong graph would show
+    path = export_onnx(energy, torch.zeros(3, 2), tmp_path / "energy.onnx", ENERGY_INPUT,
+                       ENERGY_OUTPUT)
+    diffs = check_parity(path, energy, lambda n, seed: np.random.default_rng(seed)
+                         .normal(size=(n, 2)).astype(np.float32))
+    assert set(diffs) and max(diffs.values()) < 1e-3
+
+
+def test_quadratic_experts_draw_bowls_where_softplus_experts_draw_cones():
+    """Far from the features' kinks, leaky-ReLU features make the energy linear along a
+    line; the quadratic term makes it grow as t²."""
+    line = torch.linspace(-300, 300, 601).unsqueeze(1) * torch.tensor([[0.6, 0.8]])
+    grown = {}
+    for quadratic in (0, 4):
+        torch.manual_seed(0)
+        cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
+                          quadratic_experts=quadratic, standardize=False)
+        energy, _ = build_models(cfg)
+        with torch.no_grad():
+            energy.log_sigma.fill_(5.0)  # a nearly flat base: only the experts are left
+            if quadratic:
+                energy.quadratic.weight.normal_()
+            e = energy(line).double()
+        # the rise from 200 to 300 over the rise from 100 to 200: 1 for a line, 5/3 for t²
+        grown[quadratic] = ((e[600] - e[500]) / (e[500] - e[400])).item()
+    assert grown[0] == pytest.approx(1.0, abs=0.02)
+    assert grown[4] == pytest.approx(5 / 3, abs=0.1)
+
+
+def test_quadratic_experts_must_not_be_negative():
+    from ebgen.errors import EbgenError
+    with pytest.raises(EbgenError, match="quadratic_experts"):
+        ModelConfig(quadratic_experts=-1)
+
+
 def test_smooth_leaky_relu_keeps_the_slopes_and_rounds_the_corner():
     h = torch.tensor([-40.0, -1.0, 0.0, 1.0, 40.0], requires_grad=True)
     y = SmoothLeakyReLU()(h)
