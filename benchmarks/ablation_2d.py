@@ -28,10 +28,13 @@ TOY_SET_NAMES = ("8gaussians", "25gaussians", "swissroll", "unequal", "anisotrop
                  "spirals", "moons", "faraway")
 
 #: name → config overrides on top of the toy2d preset (the default recipe is the preset itself).
+#: Issue 13's third step (the default until score matching's noise went from 0.01 to 0.007).
+STEP3 = {"score_matching_std": 0.01}
 #: Issue 13's second step (the default until the wider energy and learned component weights).
-STEP2 = {"energy_width": 128, "num_experts": 128, "component_reweighting": 0.0}
+STEP2 = {**STEP3, "energy_width": 128, "num_experts": 128, "component_reweighting": 0.0}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "step3": STEP3,
     "step2": STEP2,
     # The default before issue 13: MI entropy throughout, no importance-sampled likelihood.
     "previous": {**STEP2, "likelihood": 0.0, "calibrate_entropy": None, "num_components": 0},
