@@ -148,7 +148,8 @@ class EnergyModel(nn.Module):
     E(x) = ‖x‖² / (2σ²) − bᵀx − Σ_i softplus(w_iᵀ f(x) + c_i): a Gaussian prior with learnable
     scale σ and bias b, plus a product of softplus experts over deep features f (a strided
     conv net for images, an MLP for points); with `quadratic_experts` also
-    + ½ Σ_j (u_jᵀ f(x) + d_j)², which makes piecewise-linear features draw bowls, not cones. With `base="data"` the prior is instead
+    + ½ Σ_j (u_jᵀ f(x) + d_j)², which makes piecewise-linear features draw bowls, not cones.
+    With `base="data"` the prior is instead
     ½ Σ_d (x_d − μ_d)² / v_d, the training data's per-dimension mean μ and variance v (floored),
     fixed by `fit_base` before training: dimensions the data never varies in (an image's
     border) then cost energy to change, which the experts alone never learn, since neither
