@@ -73,6 +73,13 @@ class ModelConfig:
                                     "so a well can be a bowl (Gaussian-shaped) rather than "
                                     "a cone; 0 = none (measured no better on the ring and "
                                     "grid: README ablation).")
+    fourier_features: int = opt(0, "Points: K random Fourier features sin/cos(ωᵀu) of the "
+                                   "standardised input u fed to the energy's MLP beside u, "
+                                   "so its wells can be smooth bowls; frequencies log-uniform "
+                                   "in [1, --fourier-max-frequency], random directions (0 = "
+                                   "off).")
+    fourier_max_frequency: float = opt(32.0, "Highest Fourier frequency, in radians per "
+                                             "standard deviation of the data.")
     num_components: int = opt(0, "Points: split the latent into K components (equal "
                                  "weights unless --component-reweighting learns them; "
                                  "(picked by z's first coordinate, each with its own first-layer "
@@ -112,6 +119,12 @@ class ModelConfig:
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
         if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
             raise EbgenError("z_dim, num_experts and depth must be positive")
+        if self.fourier_features < 0 or (self.fourier_features and self.kind != "points"):
+            raise EbgenError(f"fourier_features needs a points model and must be >= 0, "
+                             f"got {self.fourier_features}")
+        if self.fourier_max_frequency < 1:
+            raise EbgenError(f"fourier_max_frequency must be >= 1, "
+                             f"got {self.fourier_max_frequency}")
         if self.quadratic_experts < 0:
             raise EbgenError(f"quadratic_experts must be >= 0, got {self.quadratic_experts}")
         if self.num_components < 0 or (self.num_components and self.kind != "points"):

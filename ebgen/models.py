@@ -1,8 +1,9 @@
 """The two networks of Kim & Bengio (2016): `EnergyModel` E(x) and `Generator` G(z).
 
 Images are float tensors `x` (N, C, H, W) in [-1, 1]; points are `x` (N, D) in the data's own
-units (the nets inside work on standardised coordinates, `InputAffine`). Image nets are
-DCGAN-like convolutional stacks (8, 16, 28, 32 and 64 px, grey or RGB); point nets are MLPs.
+units (the nets inside work on standardised coordinates, `ebgen.layers.InputAffine`). Image
+nets are DCGAN-like convolutional stacks (8, 16, 28, 32 and 64 px, grey or RGB); point nets
+are MLPs, built from the blocks in `ebgen.layers`.
 `build_models(config)` makes both from a `ModelConfig`, which is all a checkpoint needs;
 `generator_function` and `energy_function` wrap them as numpy functions (export parity,
 evaluation, the trainer's plots).
@@ -18,6 +19,8 @@ from torch.nn import functional as F
 
 from .config import ModelConfig
 from .latents import sample_latents
+from .layers import (ENERGY_ACTIVATION_LAYERS, FourierFeatures, HiddenNoise, InputAffine,
+                     LatentComponents)
 
 
 def _base_size(image_size: int) -> int:
@@ -30,124 +33,13 @@ def _num_resamples(image_size: int) -> int:
     return int(round(math.log2(image_size // _base_size(image_size))))
 
 
-class HiddenNoise(nn.Module):
-    """Adds N(0, std²) noise in training mode (keeps the batch-norm entropy estimate honest)."""
-
-    def __init__(self, std: float) -> None:
-        super().__init__()
-        self.std = std
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.training and self.std > 0:
-            return h + self.std * torch.randn_like(h)
-        return h
-
-
-class InputAffine(nn.Module):
-    """The points models' standardisation: u = (x − shift) / scale, per dimension.
-
-    The nets of a points model work on u, while every input and output of the model is in the
-    data's own units x. `log_det` = Σ log scale is the change of variables: the energy in x
-    units is E(u) + log_det, so p(x) = p(u) / Π scale and two scalings of the same data get the
-    same density. Identity (shift 0, scale 1) for images and unstandardised models. Non-persistent
-    buffers: the values come from the config, so weights files keep their keys.
-    """
-
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        dim = config.data_dim if config.kind == "points" else 1
-        shift = config.data_shift if config.kind == "points" and config.data_shift else [0.0] * dim
-        scale = config.data_scale if config.kind == "points" and config.data_scale else [1.0] * dim
-        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32), persistent=False)
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32), persistent=False)
-        self.log_det = float(torch.log(torch.tensor(scale, dtype=torch.float64)).sum())
-        self.identity = all(v == 0.0 for v in shift) and all(v == 1.0 for v in scale)
-
-    def standardise(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.identity else (x - self.shift) / self.scale
-
-    def restore(self, u: torch.Tensor) -> torch.Tensor:
-        return u if self.identity else u * self.scale + self.shift
-
-
-class LatentComponents(nn.Module):
-    """Weighted components of the latent: z's first coordinate picks one of `num_components`.
-
-    Its quantile u ∈ [0, 1) (uniform latents: (z₁ + 1) / 2; normal: Φ(z₁)) selects the component
-    whose slice of [0, 1) holds u — slices as wide as the components' weights π (equal at the
-    start) — and that component's learned offset is added to the generator's first hidden
-    layer. G is continuous within a component and free to jump between them, so its samples can
-    cover disconnected modes without a bridge of samples between them, and a mode's share is
-    the weight of the components on it: `reweight` moves the weights toward the energy's
-    shares. The latent itself, and so the one latent sampler, are unchanged.
-    """
-
-    def __init__(self, num_components: int, width: int, latent: str) -> None:
-        super().__init__()
-        self.num_components = num_components
-        self.normal = latent == "normal"
-        self.offsets = nn.Parameter(torch.randn(num_components, width))
-        self.register_buffer("log_weights", torch.zeros(num_components))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # Checkpoints from before the weights were learned have none: equal weights.
-        state_dict.setdefault(prefix + "log_weights", torch.zeros(self.num_components))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def weights(self) -> torch.Tensor:
-        """π, the components' weights (sum 1)."""
-        return torch.softmax(self.log_weights.float(), 0)
-
-    def index(self, z: torch.Tensor) -> torch.Tensor:
-        """Each latent's component, as int64 of shape (N,)."""
-        first = z[:, 0]
-        u = 0.5 * (1.0 + torch.erf(first / math.sqrt(2.0))) if self.normal else 0.5 * (first + 1.0)
-        edges = torch.cumsum(self.weights(), 0)[:-1]  # where each slice ends (the last at 1)
-        return (u.unsqueeze(1) >= edges.unsqueeze(0)).long().sum(1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.offsets[self.index(z)]
-
-    @torch.no_grad()
-    def reweight(self, index: torch.Tensor, log_ratio: torch.Tensor, rate: float,
-                 floor: float = 0.1) -> None:
-        """Move the weights toward the energy's: log πₖ −= rate · (Dₖ − D̄).
-
-        `log_ratio` is each sample's E(x) + log q(x) (q the generator's density, e.g. kNN) and
-        `index` its component. For components on disjoint supports Dₖ = log πₖ + E_qₖ[E + log qₖ],
-        so the fixed point, where every Dₖ is equal, is πₖ ∝ exp(−(E_qₖ[E] − H(qₖ))): each
-        component's share of exp(−E)'s mass, which is KL(q‖p_E)'s minimiser over π. The batch
-        gives Dₖ − D̄ unbiased per component (a component's samples are divided by its expected
-        count), deviations clipped at ±4 nats. No weight falls below `floor`/K, so a component
-        keeps drawing samples and can recover.
-        """
-        weights = self.weights()
-        deviation = (log_ratio.float() - log_ratio.float().mean()).clamp(-4.0, 4.0)
-        total = torch.zeros_like(weights).index_add_(0, index, deviation)
-        step = rate * total / (len(index) * weights)
-        log_weights = torch.log_softmax(self.log_weights.float() - step, 0)
-        log_weights = log_weights.clamp_min(math.log(floor / self.num_components))
-        self.log_weights.copy_(torch.log_softmax(log_weights, 0))
-
-
-class SmoothLeakyReLU(nn.Module):
-    """0.2·h + 0.8·softplus(h): LeakyReLU(0.2)'s two slopes, joined smoothly around 0, so an
-    energy built of it can have rounded (locally quadratic) wells instead of cones."""
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return 0.2 * h + 0.8 * F.softplus(h)
-
-
-_ENERGY_ACTIVATIONS = {"leaky_relu": lambda: nn.LeakyReLU(0.2), "silu": nn.SiLU,
-                       "smooth_leaky_relu": SmoothLeakyReLU}
-
-
 class EnergyModel(nn.Module):
     """E(x), the energy: p(x) ∝ exp(-E(x)), so **lower energy means more probable**.
 
     E(x) = ‖x‖² / (2σ²) − bᵀx − Σ_i softplus(w_iᵀ f(x) + c_i): a Gaussian prior with learnable
     scale σ and bias b, plus a product of softplus experts over deep features f (a strided
-    conv net for images, an MLP for points); with `quadratic_experts` also
+    conv net for images, an MLP for points, optionally over random Fourier features of the
+    input, `fourier_features`, whose sines make smooth bowls); with `quadratic_experts` also
     + ½ Σ_j (u_jᵀ f(x) + d_j)², which makes piecewise-linear features draw bowls, not cones.
     With `base="data"` the prior is instead
     ½ Σ_d (x_d − μ_d)² / v_d, the training data's per-dimension mean μ and variance v (floored),
@@ -161,10 +53,14 @@ class EnergyModel(nn.Module):
         super().__init__()
         self.config = config
         width = config.energy_width
-        act = _ENERGY_ACTIVATIONS[config.energy_activation]
+        act = ENERGY_ACTIVATION_LAYERS[config.energy_activation]
         if config.kind == "points":
             layers: list[nn.Module] = []
             size_in = config.data_dim
+            if config.fourier_features:
+                layers.append(FourierFeatures(size_in, config.fourier_features,
+                                              config.fourier_max_frequency))
+                size_in = layers[0].out_dim
             for _ in range(config.depth):
                 layers += [nn.Linear(size_in, width), act()]
                 size_in = width

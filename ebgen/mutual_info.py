@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import ModelConfig
-from .models import InputAffine
+from .layers import InputAffine
 
 
 class StatisticsNetwork(nn.Module):

@@ -11,7 +11,8 @@ from ebgen.presets import preset_config
 from ebgen.latents import sample_latents
 from ebgen.losses import (batchnorm_entropy, energy_loss, gan_discriminator_loss,
                           gaussian_entropy, generator_loss)
-from ebgen.models import EnergyModel, Generator, SmoothLeakyReLU, build_models
+from ebgen.layers import FourierFeatures, SmoothLeakyReLU
+from ebgen.models import EnergyModel, Generator, build_models
 
 
 @pytest.mark.parametrize("size", IMAGE_SIZES)
@@ -214,6 +215,44 @@ def test_quadratic_experts_must_not_be_negative():
     from ebgen.errors import EbgenError
     with pytest.raises(EbgenError, match="quadratic_experts"):
         ModelConfig(quadratic_experts=-1)
+
+
+def test_fourier_features_export_to_onnx_with_parity(tmp_path):
+    from ebgen.export import check_parity, export_onnx
+    from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT
+
+    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
+                      fourier_features=6)
+    energy, _ = build_models(cfg)
+    path = export_onnx(energy, torch.zeros(3, 2), tmp_path / "energy.onnx", ENERGY_INPUT,
+                       ENERGY_OUTPUT)
+    diffs = check_parity(path, energy, lambda n, seed: np.random.default_rng(seed)
+                         .normal(size=(n, 2)).astype(np.float32))
+    assert set(diffs) and max(diffs.values()) < 1e-3
+
+
+def test_fourier_features_are_the_input_beside_fixed_sines_and_cosines():
+
+    layer = FourierFeatures(2, 50, max_frequency=20.0)
+    norms = layer.frequencies.norm(dim=1)
+    assert norms.min() >= 1.0 and norms.max() <= 20.0 and norms.max() > 10.0
+    assert torch.equal(layer.frequencies, FourierFeatures(2, 50, 20.0).frequencies)
+    u = torch.randn(7, 2)
+    out = layer(u)
+    assert out.shape == (7, layer.out_dim) == (7, 102)
+    assert torch.equal(out[:, :2], u)
+    assert torch.allclose(out[:, 2:52] ** 2 + out[:, 52:] ** 2, torch.ones(7, 50))
+    assert "features.0.frequencies" in build_models(ModelConfig(
+        kind="points", fourier_features=3))[0].state_dict()  # saved with the weights
+
+
+@pytest.mark.parametrize("fields", [{"fourier_features": -1},
+                                    {"fourier_features": 4, "fourier_max_frequency": 0.5},
+                                    {"fourier_features": 4, "kind": "image"}])
+def test_fourier_features_are_checked(fields):
+    from ebgen.errors import EbgenError
+    with pytest.raises(EbgenError, match="fourier"):
+        ModelConfig(**fields)
 
 
 def test_smooth_leaky_relu_keeps_the_slopes_and_rounds_the_corner():
