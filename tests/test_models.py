@@ -159,30 +159,20 @@ def test_latent_components_are_for_points_models_only():
         ModelConfig(kind="image", image_size=8, num_components=4)
 
 
-@pytest.mark.parametrize("activation", ENERGY_ACTIVATIONS)
-def test_every_energy_activation_exports_to_onnx_with_parity(activation, tmp_path):
+ENERGY_VARIANTS = ([{"energy_activation": a} for a in ENERGY_ACTIVATIONS]
+                   + [{"quadratic_experts": 4}, {"fourier_features": 6}])
+
+
+@pytest.mark.parametrize("fields", ENERGY_VARIANTS, ids=lambda f: "-".join(map(str, *f.items())))
+def test_every_energy_variant_exports_to_onnx_with_parity(fields, tmp_path):
     from ebgen.export import check_parity, export_onnx
     from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT
 
-    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
-                      energy_activation=activation)
+    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8, **fields)
     energy, _ = build_models(cfg)
-    path = export_onnx(energy, torch.zeros(3, 2), tmp_path / "energy.onnx", ENERGY_INPUT,
-                       ENERGY_OUTPUT)
-    diffs = check_parity(path, energy, lambda n, seed: np.random.default_rng(seed)
-                         .normal(size=(n, 2)).astype(np.float32))
-    assert set(diffs) and max(diffs.values()) < 1e-3
-
-
-def test_quadratic_experts_export_to_onnx_with_parity(tmp_path):
-    from ebgen.export import check_parity, export_onnx
-    from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT
-
-    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
-                      quadratic_experts=4)
-    energy, _ = build_models(cfg)
-    with torch.no_grad():
-        energy.quadratic.weight.normal_()  # large enough that a wrong graph would show
+    if cfg.quadratic_experts:
+        with torch.no_grad():
+            energy.quadratic.weight.normal_()  # large enough that a wrong graph would show
     path = export_onnx(energy, torch.zeros(3, 2), tmp_path / "energy.onnx", ENERGY_INPUT,
                        ENERGY_OUTPUT)
     diffs = check_parity(path, energy, lambda n, seed: np.random.default_rng(seed)
@@ -215,20 +205,6 @@ def test_quadratic_experts_must_not_be_negative():
     from ebgen.errors import EbgenError
     with pytest.raises(EbgenError, match="quadratic_experts"):
         ModelConfig(quadratic_experts=-1)
-
-
-def test_fourier_features_export_to_onnx_with_parity(tmp_path):
-    from ebgen.export import check_parity, export_onnx
-    from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT
-
-    cfg = ModelConfig(kind="points", z_dim=4, depth=2, energy_width=16, num_experts=8,
-                      fourier_features=6)
-    energy, _ = build_models(cfg)
-    path = export_onnx(energy, torch.zeros(3, 2), tmp_path / "energy.onnx", ENERGY_INPUT,
-                       ENERGY_OUTPUT)
-    diffs = check_parity(path, energy, lambda n, seed: np.random.default_rng(seed)
-                         .normal(size=(n, 2)).astype(np.float32))
-    assert set(diffs) and max(diffs.values()) < 1e-3
 
 
 def test_fourier_features_are_the_input_beside_fixed_sines_and_cosines():
