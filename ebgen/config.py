@@ -217,6 +217,11 @@ class TrainConfig:
                                             "equal weights throughout).")
     calibrate_entropy: str | None = opt(None, "Entropy estimate from --calibrate-from on (none: "
                                               "--entropy throughout).", ENTROPY_ESTIMATES)
+    generator_as_deployed: bool = opt(False, "From --calibrate-from on, train the generator "
+                                             "as it is deployed: batch norm on its running "
+                                             "statistics, no hidden noise, so the samples the "
+                                             "entropy estimate and the energy see are the ones "
+                                             "it will draw (needs --calibrate-from > 0).")
     calibrate_from: float = opt(0.0, "Share of the steps (0–1) after which score matching, "
                                      "calibration and likelihood take over from R1 (and "
                                      "--calibrate-entropy from --entropy); 0 = all throughout.")
@@ -249,6 +254,9 @@ class TrainConfig:
         if not 0.0 <= self.calibrate_from < 1.0:
             raise EbgenError(f"calibrate_from is a share of the steps in [0, 1), "
                              f"got {self.calibrate_from}")
+        if self.generator_as_deployed and self.calibrate_from <= 0:
+            raise EbgenError("generator_as_deployed needs calibrate_from > 0 (the steps before "
+                             "it set the batch norms' running statistics)")
         if not 0.0 < self.score_matching_share <= 1.0:
             raise EbgenError(f"score_matching_share is a share of the batch in (0, 1], "
                              f"got {self.score_matching_share}")

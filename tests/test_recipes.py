@@ -344,3 +344,28 @@ def test_score_matching_noise_anneals_over_the_calibration_half(tmp_path):
     assert constant._energy_term_weights().score_matching_std is None  # the config's 0.01
     with pytest.raises(EbgenError, match="score_matching_std_final"):
         preset_config("toy2d", score_matching_std_final=0.0)
+
+
+def test_generator_as_deployed_trains_the_eval_mode_generator_after_the_handover(tmp_path):
+    """Past calibrate_from the generator steps in eval mode (running statistics, no noise),
+    so what the losses see is what it draws once exported; before it, batch statistics."""
+    config = preset_config("toy2d", steps=6, batch_size=32, z_dim=4, energy_width=16,
+                           generator_width=16, num_experts=8, num_points=2048,
+                           calibrate_from=0.5, generator_as_deployed=True)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    norms = [m for m in trainer.generator.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    modes, running = [], []
+    for _ in range(config.train.steps):
+        trainer.train_step()
+        modes.append(trainer.generator.training)
+        running.append(norms[0].running_var.clone())
+    assert modes == [True] * 3 + [False] * 3
+    assert not torch.equal(running[0], running[2])  # batch statistics move them early on
+    assert torch.equal(running[3], running[5])  # and are what the generator uses after
+    z = torch.rand(8, 4) * 2 - 1
+    with torch.no_grad():
+        trained = trainer.generator(z)  # the mode train_step left: the deployed one
+        trainer.generator.eval()
+        assert torch.equal(trained, trainer.generator(z))
+    with pytest.raises(EbgenError, match="generator_as_deployed needs calibrate_from"):
+        preset_config("toy2d", generator_as_deployed=True, calibrate_from=0.0)

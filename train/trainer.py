@@ -140,6 +140,9 @@ class Trainer:
         """One generator step, then one energy step. Returns detached scalar tensors."""
         cfg = self.config.train
         x, z = self._draw()
+        # Batch-statistics jitter and hidden noise widen training samples past what the
+        # deployed (eval-mode) generator draws; generator_as_deployed trains the latter.
+        self.generator.train(not (cfg.generator_as_deployed and self._calibrating()))
         if cfg.lr_decay:
             self._set_learning_rates(self._decay())
         no_sync = self.energy.no_sync if self.runtime.distributed else contextlib.nullcontext
