@@ -122,8 +122,14 @@ class SmoothLeakyReLU(nn.Module):
 
 
 class FourierFeatures(nn.Module):
-    """[u, sin(Ωu), cos(Ωu)]: the input beside K fixed random Fourier features (Tancik et al.
-    2020), frequencies ‖ωₖ‖ log-uniform in [1, max_frequency] along random directions."""
+    """[u, g·sin(Ωu), g·cos(Ωu)]: the input beside K fixed random Fourier features (Tancik et
+    al. 2020), frequencies ‖ωₖ‖ log-uniform in [1, max_frequency] along random directions.
+
+    The gain g (a saved buffer, 1 unless the Trainer holds it at 0 before --calibrate-from)
+    switches the sines off while only the contrast trains the energy: sharp features then carve
+    wells faster than the generator can follow (README). At 0 the weights reading them get no
+    gradient from the loss, only weight decay, and join near zero.
+    """
 
     def __init__(self, dim: int, count: int, max_frequency: float) -> None:
         super().__init__()
@@ -131,11 +137,12 @@ class FourierFeatures(nn.Module):
         directions = F.normalize(torch.randn(count, dim, generator=rng), dim=1)
         magnitudes = max_frequency ** torch.rand(count, 1, generator=rng)
         self.register_buffer("frequencies", directions * magnitudes)
+        self.register_buffer("gain", torch.ones(()))
         self.out_dim = dim + 2 * count
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         angles = u @ self.frequencies.T
-        return torch.cat([u, torch.sin(angles), torch.cos(angles)], 1)
+        return torch.cat([u, self.gain * torch.sin(angles), self.gain * torch.cos(angles)], 1)
 
 
 #: `ModelConfig.energy_activation` → the layer's constructor.

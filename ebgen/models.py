@@ -129,6 +129,11 @@ class EnergyModel(nn.Module):
         scale = torch.eye(len(bias), dtype=torch.float64) * variance.sqrt()
         return variance * bias, scale, float(-0.5 * variance * bias.pow(2).sum())
 
+    def fourier(self) -> FourierFeatures | None:
+        """The Fourier features layer (None without `fourier_features`)."""
+        first = self.features[0]
+        return first if isinstance(first, FourierFeatures) else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.affine.standardise(x)
         flat = x.flatten(1)

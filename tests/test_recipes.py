@@ -346,20 +346,28 @@ def test_score_matching_noise_anneals_over_the_calibration_half(tmp_path):
         preset_config("toy2d", score_matching_std_final=0.0)
 
 
-def test_generator_as_deployed_trains_the_eval_mode_generator_after_the_handover(tmp_path):
-    """Past calibrate_from the generator steps in eval mode (running statistics, no noise),
-    so what the losses see is what it draws once exported; before it, batch statistics."""
+def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tmp_path):
+    """Past calibrate_from the energy's Fourier features join (before, only weight decay moves
+    the weights reading them) and the generator steps in eval mode (running statistics, no noise), so what the
+    losses see is what it draws once exported; before it, batch statistics."""
     config = preset_config("toy2d", steps=6, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048,
-                           calibrate_from=0.5, generator_as_deployed=True)
+                           calibrate_from=0.5, generator_as_deployed=True, fourier_features=4)
     trainer = Trainer(config, tmp_path / "run", progress=False)
     norms = [m for m in trainer.generator.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    modes, running = [], []
+    first = trainer.energy.features[1]  # the Linear after the features: [u, sin, cos] → width
+    modes, running, gains, sines = [], [], [], []
     for _ in range(config.train.steps):
         trainer.train_step()
         modes.append(trainer.generator.training)
         running.append(norms[0].running_var.clone())
+        gains.append(float(trainer.energy.fourier().gain))
+        sines.append(first.weight[:, 2:].detach().clone())
     assert modes == [True] * 3 + [False] * 3
+    assert gains == [0.0] * 3 + [1.0] * 3
+    # before: no gradient through the features, weight decay alone shrinks what reads them
+    assert torch.all((sines[2] - sines[0]) * sines[0] <= 0)
+    assert torch.any((sines[3] - sines[2]) * sines[2] > 0)  # after: the loss moves them
     assert not torch.equal(running[0], running[2])  # batch statistics move them early on
     assert torch.equal(running[3], running[5])  # and are what the generator uses after
     z = torch.rand(8, 4) * 2 - 1

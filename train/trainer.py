@@ -140,9 +140,7 @@ class Trainer:
         """One generator step, then one energy step. Returns detached scalar tensors."""
         cfg = self.config.train
         x, z = self._draw()
-        # Batch-statistics jitter and hidden noise widen training samples past what the
-        # deployed (eval-mode) generator draws; generator_as_deployed trains the latter.
-        self.generator.train(not (cfg.generator_as_deployed and self._calibrating()))
+        self._set_phase()
         if cfg.lr_decay:
             self._set_learning_rates(self._decay())
         no_sync = self.energy.no_sync if self.runtime.distributed else contextlib.nullcontext
@@ -244,6 +242,15 @@ class Trainer:
         cfg = self.config.train
         return cfg.calibrate_from <= 0 or self.step >= cfg.calibrate_from * cfg.steps
 
+    def _set_phase(self) -> None:
+        """From `calibrate_from` on, the energy's Fourier features join and (generator_as_deployed)
+        the generator trains in eval mode: batch-statistics jitter and hidden noise widen
+        training samples past what the deployed generator draws."""
+        calibrating, cfg = self._calibrating(), self.config.train
+        self.generator.train(not (cfg.generator_as_deployed and calibrating))
+        if (fourier := unwrap(self.energy).fourier()) is not None:
+            fourier.gain.fill_(float(calibrating))
+
     def _entropy_estimate(self) -> str:
         """This step's entropy estimate: `calibrate_entropy` once calibrating, else `entropy`."""
         cfg = self.config.train
@@ -265,11 +272,6 @@ class Trainer:
         if not self._calibrating():
             return TermWeights(r1=cfg.gradient_penalty)
         return late
-
-    def _data_name(self) -> str:
-        """The data's name for plot titles: the built-in set, or the file's name."""
-        data = self.config.data
-        return Path(data.path).name if data.path else str(data.dataset)
 
     def _decay(self) -> float:
         """This step's learning-rate factor: 1 → 0 over the run with lr_decay, else 1."""
@@ -303,11 +305,8 @@ class Trainer:
         from ebgen import plots
 
         generator, energy = unwrap(self.generator), unwrap(self.energy)
-        generator.eval()
-        try:
-            x = generator(self.fixed_z.to(self.device)).float().cpu().numpy()
-        finally:
-            generator.train()
+        generator.eval()  # the next step's _set_phase puts back the mode it trains in
+        x = generator(self.fixed_z.to(self.device)).float().cpu().numpy()
         path = self.out_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
         if self.config.model.kind == "image":
             plots.save_image_grid(x, path)
@@ -315,9 +314,11 @@ class Trainer:
             from ebgen.metrics.points import default_box
 
             data = self.train_data.values[:2000].cpu().numpy()
+            source = self.config.data  # the built-in set, or the file's name
+            name = Path(source.path).name if source.path else str(source.dataset)
             plots.save_points_plot(x, path, energy_fn=energy_function(energy, self.device),
                                    box=default_box(data) if x.shape[1] == 2 else None,
-                                   data=data, title=f"{self._data_name()} — step {self.step}")
+                                   data=data, title=f"{name} — step {self.step}")
         return path
 
 
