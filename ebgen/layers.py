@@ -127,8 +127,7 @@ class FourierFeatures(nn.Module):
 
     The gain g (a saved buffer, 1 unless the Trainer holds it at 0 before --calibrate-from)
     switches the sines off while only the contrast trains the energy: sharp features then carve
-    wells faster than the generator can follow (README). At 0 the weights reading them get no
-    gradient from the loss, only weight decay, and join near zero.
+    wells faster than the generator can follow (README); `EnergyModel.switch_fourier`.
     """
 
     def __init__(self, dim: int, count: int, max_frequency: float) -> None:
@@ -138,7 +137,7 @@ class FourierFeatures(nn.Module):
         magnitudes = max_frequency ** torch.rand(count, 1, generator=rng)
         self.register_buffer("frequencies", directions * magnitudes)
         self.register_buffer("gain", torch.ones(()))
-        self.out_dim = dim + 2 * count
+        self.in_dim, self.out_dim = dim, dim + 2 * count
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         angles = u @ self.frequencies.T

@@ -134,6 +134,17 @@ class EnergyModel(nn.Module):
         first = self.features[0]
         return first if isinstance(first, FourierFeatures) else None
 
+    @torch.no_grad()
+    def switch_fourier(self, on: bool) -> None:
+        """Fourier features on or off. Off, their gain and the weights reading them are 0 and
+        stay 0 under training (no gradient, nothing to decay), so switching them on later
+        leaves E unchanged: they join from zero."""
+        fourier = self.fourier()
+        if fourier is not None and bool(fourier.gain) != on:
+            fourier.gain.fill_(float(on))
+            if not on:
+                self.features[1].weight[:, fourier.in_dim:].zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.affine.standardise(x)
         flat = x.flatten(1)

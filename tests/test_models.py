@@ -259,3 +259,16 @@ def test_covariance_base_starts_the_energy_as_the_datas_gaussian_fit():
     np.testing.assert_allclose(e - e.mean(), 0.5 * (maha - maha.mean()), atol=1e-2)
     with pytest.raises(EbgenError, match="covariance: points models only"):
         ModelConfig(kind="image", base="covariance")
+
+
+def test_fourier_features_switched_on_join_from_zero():
+    energy, _ = build_models(ModelConfig(kind="points", fourier_features=8))
+    x = torch.randn(16, 2)
+    with torch.no_grad():
+        on = energy(x)
+        energy.switch_fourier(False)
+        off = energy(x)
+        energy.switch_fourier(True)
+        assert torch.equal(energy(x), off) and not torch.allclose(on, off)
+    assert float(energy.fourier().gain) == 1.0 and energy.features[1].weight[:, 2:].abs().sum() == 0
+    assert build_models(ModelConfig(kind="points"))[0].fourier() is None

@@ -248,8 +248,7 @@ class Trainer:
         training samples past what the deployed generator draws."""
         calibrating, cfg = self._calibrating(), self.config.train
         self.generator.train(not (cfg.generator_as_deployed and calibrating))
-        if (fourier := unwrap(self.energy).fourier()) is not None:
-            fourier.gain.fill_(float(calibrating))
+        unwrap(self.energy).switch_fourier(calibrating)
 
     def _entropy_estimate(self) -> str:
         """This step's entropy estimate: `calibrate_entropy` once calibrating, else `entropy`."""
