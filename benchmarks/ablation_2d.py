@@ -40,6 +40,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "previous": {**STEP2, "likelihood": 0.0, "calibrate_entropy": None, "num_components": 0},
     # Issue 13's first step: one connected latent, likelihood weight 1.
     "connected": {**STEP2, "num_components": 0, "likelihood": 1.0},
+    # Issue 13, step 5 candidates (README): the generator trained as deployed, alone and with
+    # 128 Fourier features of the energy's input (frequencies up to 8) joining at the handover.
+    "dep": {"generator_as_deployed": True},
+    "ffdep": {"generator_as_deployed": True, "fourier_features": 128,
+              "fourier_max_frequency": 8.0},
+    "ff8dep": {"generator_as_deployed": True, "fourier_features": 128,
+               "fourier_max_frequency": 8.0, "fourier_from_handover": False},
     "paper": {"recipe": "paper"},
     "gan": {"objective": "gan"},
 }

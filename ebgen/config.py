@@ -222,6 +222,10 @@ class TrainConfig:
                                              "statistics, no hidden noise, so the samples the "
                                              "entropy estimate and the energy see are the ones "
                                              "it will draw (needs --calibrate-from > 0).")
+    fourier_from_handover: bool = opt(True, "With --fourier-features: they join at "
+                                            "--calibrate-from, from zero (before it the "
+                                            "contrast alone lets them carve wells the "
+                                            "generator cannot follow); off: from the start.")
     calibrate_from: float = opt(0.0, "Share of the steps (0–1) after which score matching, "
                                      "calibration and likelihood take over from R1 (and "
                                      "--calibrate-entropy from --entropy); 0 = all throughout.")

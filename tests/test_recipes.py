@@ -347,8 +347,9 @@ def test_score_matching_noise_anneals_over_the_calibration_half(tmp_path):
 
 
 def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tmp_path):
-    """Past calibrate_from the energy's Fourier features join (from zero) and the generator steps in eval mode (running statistics, no noise), so what the
-    losses see is what it draws once exported; before it, batch statistics."""
+    """Past calibrate_from the energy's Fourier features join (from zero) and the generator
+    steps in eval mode (running statistics, no noise), so what the losses see is what it draws
+    once exported; before it, batch statistics."""
     config = preset_config("toy2d", steps=6, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048,
                            calibrate_from=0.5, generator_as_deployed=True, fourier_features=4)
@@ -367,6 +368,11 @@ def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tm
     # before: the weights reading them are held at exactly 0 (no denormals either); after,
     # the loss moves them, starting from 0, so E did not jump at the handover
     assert all(not s.any() for s in sines[:3]) and sines[3].any()
+    config.train.fourier_from_handover = False  # on from the start
+    early = Trainer(config, tmp_path / "early", progress=False)
+    early.train_step()
+    assert float(early.energy.fourier().gain) == 1.0
+    assert early.energy.features[1].weight[:, 2:].any()
     assert not torch.equal(running[0], running[2])  # batch statistics move them early on
     assert torch.equal(running[3], running[5])  # and are what the generator uses after
     z = torch.rand(8, 4) * 2 - 1

@@ -248,7 +248,7 @@ class Trainer:
         training samples past what the deployed generator draws."""
         calibrating, cfg = self._calibrating(), self.config.train
         self.generator.train(not (cfg.generator_as_deployed and calibrating))
-        unwrap(self.energy).switch_fourier(calibrating)
+        unwrap(self.energy).switch_fourier(calibrating or not cfg.fourier_from_handover)
 
     def _entropy_estimate(self) -> str:
         """This step's entropy estimate: `calibrate_entropy` once calibrating, else `entropy`."""
