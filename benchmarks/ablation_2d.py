@@ -41,12 +41,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # Issue 13's first step: one connected latent, likelihood weight 1.
     "connected": {**STEP2, "num_components": 0, "likelihood": 1.0},
     # Issue 13, step 5 candidates (README): the generator trained as deployed, alone and with
-    # 128 Fourier features of the energy's input (frequencies up to 8) joining at the handover.
+    # 128 Fourier features of the energy's input (frequencies up to 8) joining at the handover
+    # (ffdep), from the start (ff8dep) or a quarter of the way in (ff25dep).
     "dep": {"generator_as_deployed": True},
     "ffdep": {"generator_as_deployed": True, "fourier_features": 128,
               "fourier_max_frequency": 8.0},
     "ff8dep": {"generator_as_deployed": True, "fourier_features": 128,
-               "fourier_max_frequency": 8.0, "fourier_from_handover": False},
+               "fourier_max_frequency": 8.0, "fourier_from": 0.0},
+    "ff25dep": {"generator_as_deployed": True, "fourier_features": 128,
+                "fourier_max_frequency": 8.0, "fourier_from": 0.25},
     "paper": {"recipe": "paper"},
     "gan": {"objective": "gan"},
 }

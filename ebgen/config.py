@@ -222,10 +222,11 @@ class TrainConfig:
                                              "statistics, no hidden noise, so the samples the "
                                              "entropy estimate and the energy see are the ones "
                                              "it will draw (needs --calibrate-from > 0).")
-    fourier_from_handover: bool = opt(True, "With --fourier-features: they join at "
-                                            "--calibrate-from, from zero (before it the "
-                                            "contrast alone lets them carve wells the "
-                                            "generator cannot follow); off: from the start.")
+    fourier_from: float | None = opt(None, "With --fourier-features: the share of the steps "
+                                           "(0–1) after which they join, from zero (none: at "
+                                           "--calibrate-from; 0: from the start). Early, the "
+                                           "contrast alone lets them carve wells the generator "
+                                           "cannot follow (README).")
     calibrate_from: float = opt(0.0, "Share of the steps (0–1) after which score matching, "
                                      "calibration and likelihood take over from R1 (and "
                                      "--calibrate-entropy from --entropy); 0 = all throughout.")
@@ -258,6 +259,9 @@ class TrainConfig:
         if not 0.0 <= self.calibrate_from < 1.0:
             raise EbgenError(f"calibrate_from is a share of the steps in [0, 1), "
                              f"got {self.calibrate_from}")
+        if self.fourier_from is not None and not 0.0 <= self.fourier_from < 1.0:
+            raise EbgenError(f"fourier_from is a share of the steps in [0, 1), "
+                             f"got {self.fourier_from}")
         if self.generator_as_deployed and self.calibrate_from <= 0:
             raise EbgenError("generator_as_deployed needs calibrate_from > 0 (the steps before "
                              "it set the batch norms' running statistics)")

@@ -163,7 +163,8 @@ ENERGY_VARIANTS = ([{"energy_activation": a} for a in ENERGY_ACTIVATIONS]
                    + [{"quadratic_experts": 4}, {"fourier_features": 6}])
 
 
-@pytest.mark.parametrize("fields", ENERGY_VARIANTS, ids=lambda f: "-".join(map(str, *f.items())))
+@pytest.mark.parametrize("fields", ENERGY_VARIANTS,
+                         ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
 def test_every_energy_variant_exports_to_onnx_with_parity(fields, tmp_path):
     from ebgen.export import check_parity, export_onnx
     from ebgen.names import ENERGY_INPUT, ENERGY_OUTPUT

@@ -368,11 +368,20 @@ def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tm
     # before: the weights reading them are held at exactly 0 (no denormals either); after,
     # the loss moves them, starting from 0, so E did not jump at the handover
     assert all(not s.any() for s in sines[:3]) and sines[3].any()
-    config.train.fourier_from_handover = False  # on from the start
+    config.train.fourier_from = 0.0  # on from the start
     early = Trainer(config, tmp_path / "early", progress=False)
     early.train_step()
     assert float(early.energy.fourier().gain) == 1.0
     assert early.energy.features[1].weight[:, 2:].any()
+    config.train.fourier_from = 0.3  # before the handover (step 3)
+    between = Trainer(config, tmp_path / "between", progress=False)
+    joined = []
+    for _ in range(3):
+        between.train_step()
+        joined.append(float(between.energy.fourier().gain))
+    assert joined == [0.0, 0.0, 1.0]  # steps 0, 1 off; on at step 2 (≥ 0.3 · 6)
+    with pytest.raises(EbgenError, match="fourier_from"):
+        preset_config("toy2d", fourier_from=1.0)
     assert not torch.equal(running[0], running[2])  # batch statistics move them early on
     assert torch.equal(running[3], running[5])  # and are what the generator uses after
     z = torch.rand(8, 4) * 2 - 1
