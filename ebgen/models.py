@@ -66,6 +66,12 @@ class EnergyModel(nn.Module):
                 size_in = width
             self.features = nn.Sequential(*layers)
             feature_dim = width
+            if config.fourier_features:  # the input's columns start as they would without
+                with torch.no_grad():  # the features (PyTorch scales by 1/√fan-in)
+                    first, fourier = self.features[1], self.features[0]
+                    gain = math.sqrt(fourier.out_dim / fourier.in_dim)
+                    first.weight[:, :fourier.in_dim].mul_(gain)
+                    first.bias.mul_(gain)
         else:
             layers = []
             channels_in, channels = config.channels, width

@@ -273,3 +273,14 @@ def test_fourier_features_switched_on_join_from_zero():
         assert torch.equal(energy(x), off) and not torch.allclose(on, off)
     assert float(energy.fourier().gain) == 1.0 and energy.features[1].weight[:, 2:].abs().sum() == 0
     assert build_models(ModelConfig(kind="points"))[0].fourier() is None
+
+
+def test_fourier_features_leave_the_input_columns_initialised_as_without_them():
+    """PyTorch draws a Linear's weights within ±1/√fan-in: 258 inputs would start the two
+    coordinates' weights 11× smaller than the energy without features starts them."""
+    energy, _ = build_models(ModelConfig(kind="points", fourier_features=128))
+    first = energy.features[1]
+    bound = 1 / math.sqrt(2)
+    assert 0.9 * bound < first.weight[:, :2].abs().max() <= bound
+    assert 0.9 * bound < first.bias.abs().max() <= bound
+    assert first.weight[:, 2:].abs().max() <= 1 / math.sqrt(258)
