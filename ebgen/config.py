@@ -224,9 +224,8 @@ class TrainConfig:
                                              "it will draw (needs --calibrate-from > 0).")
     fourier_from: float | None = opt(None, "With --fourier-features: the share of the steps "
                                            "(0–1) after which they join, from zero (none: at "
-                                           "--calibrate-from; 0: from the start). Early, the "
-                                           "contrast alone lets them carve wells the generator "
-                                           "cannot follow (README).")
+                                           "--calibrate-from; 0: from the start; README "
+                                           "ablation).")
     calibrate_from: float = opt(0.0, "Share of the steps (0–1) after which score matching, "
                                      "calibration and likelihood take over from R1 (and "
                                      "--calibrate-entropy from --entropy); 0 = all throughout.")

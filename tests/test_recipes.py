@@ -368,6 +368,15 @@ def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tm
     # before: the weights reading them are held at exactly 0 (no denormals either); after,
     # the loss moves them, starting from 0, so E did not jump at the handover
     assert all(not s.any() for s in sines[:3]) and sines[3].any()
+    assert not torch.equal(running[0], running[2])  # batch statistics move them early on
+    assert torch.equal(running[3], running[5])  # and are what the generator uses after
+    z = torch.rand(8, 4) * 2 - 1
+    with torch.no_grad():
+        trained = trainer.generator(z)  # the mode train_step left: the deployed one
+        trainer.generator.eval()
+        assert torch.equal(trained, trainer.generator(z))
+    with pytest.raises(EbgenError, match="generator_as_deployed needs calibrate_from"):
+        preset_config("toy2d", generator_as_deployed=True, calibrate_from=0.0)
     config.train.fourier_from = 0.0  # on from the start
     early = Trainer(config, tmp_path / "early", progress=False)
     early.train_step()
@@ -382,12 +391,3 @@ def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tm
     assert joined == [0.0, 0.0, 1.0]  # steps 0, 1 off; on at step 2 (≥ 0.3 · 6)
     with pytest.raises(EbgenError, match="fourier_from"):
         preset_config("toy2d", fourier_from=1.0)
-    assert not torch.equal(running[0], running[2])  # batch statistics move them early on
-    assert torch.equal(running[3], running[5])  # and are what the generator uses after
-    z = torch.rand(8, 4) * 2 - 1
-    with torch.no_grad():
-        trained = trainer.generator(z)  # the mode train_step left: the deployed one
-        trainer.generator.eval()
-        assert torch.equal(trained, trainer.generator(z))
-    with pytest.raises(EbgenError, match="generator_as_deployed needs calibrate_from"):
-        preset_config("toy2d", generator_as_deployed=True, calibrate_from=0.0)

@@ -248,10 +248,8 @@ class Trainer:
         training samples past what the deployed generator draws."""
         calibrating, cfg = self._calibrating(), self.config.train
         self.generator.train(not (cfg.generator_as_deployed and calibrating))
-        if cfg.fourier_from is None:
-            unwrap(self.energy).switch_fourier(calibrating)
-        else:
-            unwrap(self.energy).switch_fourier(self.step >= cfg.fourier_from * cfg.steps)
+        join = cfg.calibrate_from if cfg.fourier_from is None else cfg.fourier_from
+        unwrap(self.energy).switch_fourier(self.step >= join * cfg.steps)
 
     def _entropy_estimate(self) -> str:
         """This step's entropy estimate: `calibrate_entropy` once calibrating, else `entropy`."""
