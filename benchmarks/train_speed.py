@@ -18,6 +18,7 @@ for the GAN column.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import tempfile
@@ -29,22 +30,27 @@ from ebgen.presets import preset_config
 from ebgen.train import Trainer
 
 
+#: Overrides key of a row that starts at the handover step (`calibrate_from`), so the trainer
+#: runs the late phase as a real run does: the calibration terms instead of R1, the late
+#: entropy estimate, the Fourier features and the deployed generator where the preset has them.
+PAST_HANDOVER = "_past_handover"
+
+
 def variants_for(preset: str) -> list[tuple[str, dict]]:
     """(row name, preset_config overrides); the first two rows are the references."""
     train = preset_config(preset).train
-    # After `calibrate_from` (toy2d): the calibration terms instead of R1, and the late entropy.
-    calibrating = {"gradient_penalty": 0.0, "calibrate_from": 0.0,
-                   "entropy": train.calibrate_entropy or train.entropy}
     rows = [("gan plain", {"objective": "gan", "recipe": "paper"}),  # no R1
             ("gan", {"objective": "gan"}),                       # the preset's R1 + lr decay
             ("ddgm paper", {"recipe": "paper"}),
             ("ddgm default", {})]                                # before the handover: R1
+    late_entropy = train.calibrate_entropy or train.entropy
     if train.calibrate_from:
-        rows.append(("ddgm calib.", calibrating))
+        rows.append(("ddgm calib.", {PAST_HANDOVER: True}))
     if train.entropy == "mi":
         rows.append(("ddgm default -MI", {"entropy": "bn"}))
-        if train.calibrate_from and calibrating["entropy"] == "mi":
-            rows.append(("ddgm calib. -MI", {**calibrating, "entropy": "bn"}))
+        if train.calibrate_from and late_entropy == "mi":
+            rows.append(("ddgm calib. -MI", {PAST_HANDOVER: True, "entropy": "bn",
+                                             "calibrate_entropy": "bn"}))
     return rows
 
 
@@ -59,8 +65,13 @@ def measure(preset: str, variants: list[tuple[str, dict]], device: str, amp: boo
     with tempfile.TemporaryDirectory() as out:
         trainers = []
         for i, (_, overrides) in enumerate(variants):
+            overrides = dict(overrides)
+            late = overrides.pop(PAST_HANDOVER, False)
             config = preset_config(preset, device=device, amp=amp, path=data, **overrides)
-            trainers.append(Trainer(config, f"{out}/{i}", progress=False))
+            trainer = Trainer(config, f"{out}/{i}", progress=False)
+            if late:
+                trainer.step = math.ceil(config.train.calibrate_from * config.train.steps)
+            trainers.append(trainer)
         for trainer in trainers:
             for _ in range(warmup):
                 trainer.train_step()

@@ -263,7 +263,8 @@ class TrainConfig:
                              f"got {self.fourier_from}")
         if self.generator_as_deployed and self.calibrate_from <= 0:
             raise EbgenError("generator_as_deployed needs calibrate_from > 0 (the steps before "
-                             "it set the batch norms' running statistics)")
+                             "it set the batch norms' running statistics); with --calibrate-from "
+                             "0 add --no-generator-as-deployed")
         if not 0.0 < self.score_matching_share <= 1.0:
             raise EbgenError(f"score_matching_share is a share of the batch in (0, 1], "
                              f"got {self.score_matching_share}")

@@ -125,9 +125,9 @@ class FourierFeatures(nn.Module):
     """[u, g·sin(Ωu), g·cos(Ωu)]: the input beside K fixed random Fourier features (Tancik et
     al. 2020), frequencies ‖ωₖ‖ log-uniform in [1, max_frequency] along random directions.
 
-    The gain g (a saved buffer, 1 unless the Trainer holds it at 0 before --calibrate-from)
-    switches the sines off while only the contrast trains the energy: sharp features then carve
-    wells faster than the generator can follow (README); `EnergyModel.switch_fourier`.
+    The gain g (a saved buffer, 1 unless the Trainer holds it at 0 until --fourier-from, else
+    --calibrate-from) lets the features join mid-run, from zero, once the calibration terms
+    shape the wells (README, issue 13 step 5); `EnergyModel.switch_fourier`.
     """
 
     def __init__(self, dim: int, count: int, max_frequency: float) -> None:

@@ -123,6 +123,16 @@ def test_recipes_and_their_errors():
     assert default.train.likelihood > 0 and default.train.calibrate_entropy == "knn"
     assert (paper.train.likelihood, paper.train.calibrate_entropy) == (0.0, None)
     assert paper.train.recipe == "paper"
+    # smooth wells and the deployed generator from the handover on; the paper's energy reads
+    # the raw input (a recipe sets fields of any section)
+    assert (default.model.fourier_features, default.model.fourier_max_frequency) == (128, 8.0)
+    assert default.train.generator_as_deployed and default.train.fourier_from is None
+    assert (paper.model.fourier_features, paper.train.generator_as_deployed) == (0, False)
+    assert preset_config("mnist").model.fourier_features == 0
+    with pytest.raises(EbgenError, match="--no-generator-as-deployed"):
+        preset_config("toy2d", calibrate_from=0.0)
+    assert not preset_config("toy2d", calibrate_from=0.0,
+                             generator_as_deployed=False).train.generator_as_deployed
     with pytest.raises(EbgenError, match="calibrate_entropy must be"):
         preset_config("toy2d", calibrate_entropy="exact")
     with pytest.raises(EbgenError, match="score_matching_kind must be"):
@@ -169,7 +179,7 @@ def test_gan_objective_builds_no_statistics_network(tmp_path):
 
 def _energy_loss_after_one_step(tmp_path, **terms) -> float:
     weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
-                   calibrate_from=0.0) | terms
+                   calibrate_from=0.0, generator_as_deployed=False) | terms
     config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048, **weights)
     out = tmp_path / "_".join(f"{k}{v}" for k, v in terms.items())
@@ -207,7 +217,8 @@ def test_score_matching_share_noises_that_share_of_the_batch(tmp_path):
 ])
 def test_only_rows_a_penalty_needs_pay_the_double_backward(tmp_path, terms, forwards):
     weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
-                   calibrate_from=0.0, entropy="bn") | terms
+                   calibrate_from=0.0, entropy="bn",
+                   generator_as_deployed=False) | terms
     config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048, **weights)
     trainer = Trainer(config, tmp_path, progress=False)
@@ -224,7 +235,7 @@ def test_only_rows_a_penalty_needs_pay_the_double_backward(tmp_path, terms, forw
 def test_reused_sample_energies_give_the_energy_step_its_own_gradient(tmp_path, terms):
     """The energy's gradient after a step equals that of its loss computed afresh."""
     weights = dict(gradient_penalty=0.0, score_matching=0.0, calibration=0.0, likelihood=0.0,
-                   calibrate_from=0.0) | terms
+                   calibrate_from=0.0, generator_as_deployed=False) | terms
     config = preset_config("toy2d", steps=1, batch_size=32, z_dim=4, energy_width=16,
                            generator_width=16, num_experts=8, num_points=2048, **weights)
     trainer = Trainer(config, tmp_path, progress=False)
