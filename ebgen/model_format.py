@@ -34,6 +34,9 @@
     log_partition                   optional (`ebgen export --log-z`): {"log_z" (forward AIS),
                                      "standard_error", "log_z_reverse", "chains",
                                      "temperatures", "acceptance", "seconds", "method"};
+                                    for 2-D models {"log_z" (midpoint rule), "error",
+                                     "resolution", "box", "mass_outside", "seconds",
+                                     "method", "ais": the AIS entry above};
                                     `log_density` is then −E − log_z
     archives                        {"generate": "generate.mar", "score": "score.mar"} or {}
     torch                           "torch": the folder holding the PyTorch weights and
