@@ -128,38 +128,42 @@ def meets_goals(row: dict[str, Any]) -> bool:
     return bool(ok)
 
 
-def table(results: list[dict[str, Any]], datasets: list[str]) -> str:
-    """Markdown: one row per (variant, data set), worst seed per cell."""
-    lines = ["| variant | data | seeds | G MMD² ×floor | E MMD² ×floor | G precision / recall "
-             "| E precision / recall | G mode shares | G modes | G HQ % (data) | KL | s/run "
-             "| goals |", "|" + "---|" * 13]
-    worst_mmd = lambda rows, view: max(max(r[view]["mmd2_ratio"], r[view]["mmd2_local_ratio"])
-                                       for r in rows)
-    low = lambda rows, view, key: min(r[view][key] for r in rows)
+def table(results: list[dict[str, Any]], datasets: list[str], per_seed: bool = False) -> str:
+    """Markdown: one row per (variant, data set), worst seed per cell; or one per run
+    (`per_seed`: the seeds column then names the seed)."""
+    lines = ["| variant | data | seed" + ("" if per_seed else "s") + " | G MMD² ×floor "
+             "| E MMD² ×floor | G precision / recall | E precision / recall | G mode shares "
+             "| G modes | G HQ % (data) | KL | s/run | goals |", "|" + "---|" * 13]
     for variant in dict.fromkeys(r["variant"] for r in results):
         for dataset in datasets:
             rows = [r for r in results if r["variant"] == variant and r["dataset"] == dataset]
-            if not rows:
-                continue
-            gen = rows[0]["generator"]
-            modes = shares = hq = "–"
-            if gen.get("modes") is not None:
-                modes = f"{min(r['generator']['modes'] for r in rows)}/{gen['num_modes']}"
-                shares = (f"{low(rows, 'generator', 'share_ratio_min'):.2f}–"
-                          f"{max(r['generator']['share_ratio_max'] for r in rows):.2f}")
-                hq = (f"{100 * low(rows, 'generator', 'high_quality'):.1f} "
-                      f"({100 * rows[0]['data_high_quality']:.1f})")
-            cells = [variant, dataset, str(len(rows)), f"{worst_mmd(rows, 'generator'):.2f}",
-                     f"{worst_mmd(rows, 'energy'):.2f}",
-                     f"{low(rows, 'generator', 'precision_ratio'):.2f} / "
-                     f"{low(rows, 'generator', 'recall_ratio'):.2f}",
-                     f"{low(rows, 'energy', 'precision_ratio'):.2f} / "
-                     f"{low(rows, 'energy', 'recall_ratio'):.2f}",
-                     shares, modes, hq, f"{max(r['kl'] for r in rows):.3g}",
-                     f"{sum(r['seconds'] for r in rows) / len(rows):.0f}",
-                     "met" if all(meets_goals(r) for r in rows) else "not met"]
-            lines.append("| " + " | ".join(cells) + " |")
+            groups = [[r] for r in sorted(rows, key=lambda r: r["seed"])] if per_seed else [rows]
+            lines.extend(_row(group, per_seed) for group in groups if group)
     return "\n".join(lines)
+
+
+def _row(rows: list[dict[str, Any]], per_seed: bool) -> str:
+    """One table row over `rows` (one run, or every seed of a variant on a data set)."""
+    worst_mmd = lambda view: max(max(r[view]["mmd2_ratio"], r[view]["mmd2_local_ratio"])
+                                 for r in rows)
+    low = lambda view, key: min(r[view][key] for r in rows)
+    gen = rows[0]["generator"]
+    modes = shares = hq = "–"
+    if gen.get("modes") is not None:
+        modes = f"{min(r['generator']['modes'] for r in rows)}/{gen['num_modes']}"
+        shares = (f"{low('generator', 'share_ratio_min'):.2f}–"
+                  f"{max(r['generator']['share_ratio_max'] for r in rows):.2f}")
+        hq = (f"{100 * low('generator', 'high_quality'):.1f} "
+              f"({100 * rows[0]['data_high_quality']:.1f})")
+    cells = [rows[0]["variant"], rows[0]["dataset"],
+             str(rows[0]["seed"]) if per_seed else str(len(rows)),
+             f"{worst_mmd('generator'):.2f}", f"{worst_mmd('energy'):.2f}",
+             f"{low('generator', 'precision_ratio'):.2f} / {low('generator', 'recall_ratio'):.2f}",
+             f"{low('energy', 'precision_ratio'):.2f} / {low('energy', 'recall_ratio'):.2f}",
+             shares, modes, hq, f"{max(r['kl'] for r in rows):.3g}",
+             f"{sum(r['seconds'] for r in rows) / len(rows):.0f}",
+             "met" if all(meets_goals(r) for r in rows) else "not met"]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -175,11 +179,13 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write every run's figures here")
     parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
                         help="train nothing: print the table of earlier --json files together")
+    parser.add_argument("--per-seed", action="store_true",
+                        help="one row per run instead of the worst seed per data set")
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     if args.from_json:
         saved = [r for path in args.from_json for r in json.loads(Path(path).read_text())]
-        print(table(saved, datasets))
+        print(table(saved, datasets, args.per_seed))
         return
     variants = {name: VARIANTS[name] for name in filter(None, args.variants.split(","))}
     variants.update(parse_variant(spec) for spec in args.variant)
@@ -196,7 +202,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    print(table(results, datasets))
+    print(table(results, datasets, args.per_seed))
 
 
 if __name__ == "__main__":

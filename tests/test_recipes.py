@@ -322,6 +322,14 @@ def test_ablation_benchmark_smoke_and_table_from_json(tmp_path):
     assert again.returncode == 0 and again.stdout == table
     assert "| paper | 8gaussians | 1 | " in table and "| mine | 8gaussians | 1 | " in table
     assert table.count("not met") == 2  # 3 steps meet no goal
+    two_seeds = tmp_path / "two_seeds.json"
+    two_seeds.write_text(json.dumps([runs[0], {**runs[0], "seed": 1}]))
+    per_seed = subprocess.run(common + ["--from-json", str(two_seeds), "--per-seed"],
+                              capture_output=True, text=True, timeout=60)
+    assert per_seed.returncode == 0, per_seed.stderr[-2000:]
+    assert "| variant | data | seed |" in per_seed.stdout
+    assert "| paper | 8gaussians | 0 | " in per_seed.stdout
+    assert "| paper | 8gaussians | 1 | " in per_seed.stdout
 
 
 @pytest.mark.slow
