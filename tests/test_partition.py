@@ -46,12 +46,18 @@ def _grid(energy, half: float = 8.0) -> float:
     return grid_log_z(fn, (-half, half, -half, half), resolution=800)
 
 
-@pytest.mark.parametrize("base", ["gaussian", "data", "covariance"])
-def test_the_base_alone_gives_its_closed_form(base):
+def _base_alone(base: str):
+    """An energy whose experts are off (softplus ≈ 0): E is the base, log Z in closed form."""
     energy = _energy(base)
     with torch.no_grad():
         energy.experts.weight.zero_()
-        energy.experts.bias.fill_(-60.0)  # softplus ≈ 0: E is the base
+        energy.experts.bias.fill_(-60.0)
+    return energy
+
+
+@pytest.mark.parametrize("base", ["gaussian", "data", "covariance"])
+def test_the_base_alone_gives_its_closed_form(base):
+    energy = _base_alone(base)
     estimate = log_partition(energy, chains=16, temperatures=20)
     assert estimate.log_z == pytest.approx(_grid(energy), abs=1e-3)
     assert estimate.standard_error < 1e-6 and estimate.log_z_reverse == pytest.approx(
@@ -71,10 +77,7 @@ def test_ais_matches_the_grid_on_a_2d_energy(base):
 
 @pytest.mark.parametrize("base", ["gaussian", "data", "covariance"])
 def test_quadrature_matches_the_closed_form_and_a_wide_fine_grid(base):
-    energy = _energy(base)
-    with torch.no_grad():
-        energy.experts.weight.zero_()
-        energy.experts.bias.fill_(-60.0)  # softplus ≈ 0: E is the base
+    energy = _base_alone(base)
     alone = quadrature_log_partition(energy)
     closed = log_partition(energy, chains=4, temperatures=10).log_z  # base: exact
     assert alone.log_z == pytest.approx(closed, abs=1e-3) and alone.mass_outside < 1e-9
