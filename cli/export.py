@@ -40,7 +40,8 @@ from .options import device_option, json_option
               help="Training samples whose energies give the percentile table.")
 @click.option("--log-z", is_flag=True,
               help="Estimate log Z by annealed importance sampling (forward and reverse, "
-                   "from the energy's Gaussian base) and store it in model.json: log_density "
+                   "from the energy's Gaussian base; 2-D models: by the midpoint rule on a "
+                   "grid, AIS kept beside it) and store it in model.json: log_density "
                    "is then served normalised, in nats, and eval reports held-out likelihood.")
 @click.option("--log-z-chains", type=click.IntRange(min=2), default=128, show_default=True,
               metavar="N", help="AIS chains (the standard error falls as 1/√N).")
