@@ -204,7 +204,7 @@ def quadrature_log_partition(energy: torch.nn.Module, tolerance: float = 0.005,
     where exp(−E) holds its mass; grids over that box, padded by two coarse cells, double
     their resolution from 400 until two successive estimates agree within `tolerance` nats.
     """
-    from ebgen.metrics.points import grid_log_z, grid_points
+    from ebgen.metrics.points import energy_grid, grid_log_z
 
     started = time.perf_counter()
     target = _Whitened(energy.eval())
@@ -212,9 +212,8 @@ def quadrature_log_partition(energy: torch.nn.Module, tolerance: float = 0.005,
         raise ValueError(f"quadrature needs a 2-D energy, got {target.dim} dimensions")
     g = lambda v: target.g(torch.from_numpy(v), grad=False)[0].numpy()
     coarse = (-coarse_half, coarse_half, -coarse_half, coarse_half)
-    xs, ys, points = grid_points(coarse, coarse_resolution)
-    log_f = -np.concatenate([g(points[i:i + 65536]) for i in range(0, len(points), 65536)])
-    log_f = np.nan_to_num(log_f, nan=-np.inf).reshape(coarse_resolution, coarse_resolution)
+    xs, ys, energies = energy_grid(g, coarse, coarse_resolution)
+    log_f = np.nan_to_num(-energies, nan=-np.inf)
     mass = np.exp(log_f - log_f.max())
     mass /= mass.sum()
     rows, cols = np.nonzero(mass > 1e-12)
