@@ -3,11 +3,13 @@ one run, on 127.0.0.1 only.
 
 Rows: `in-process` (`ebgen.load_model(...).generate(16)` / `.score(16 samples)` back to back),
 `ceiling` (the generator / energy session called directly at the HTTP service's batch size:
-the samples/s no server on this machine can pass), then each engine (the built-in HTTP service,
+the samples/s no server on this machine can pass), `floor` (a bare uvicorn app answering canned
+bytes of the same size, `floor_app.py`: what HTTP alone costs), then each engine (the built-in HTTP service,
 TorchServe) at each number of concurrent clients, for `generate` (16 samples, .npy) and
 `score` (16 samples, .npy): p50 / p99 latency, requests/s, samples/s, errors, and the load
 generator's share of the CPU. Then the head-of-line check (a 1-sample request while 16 clients
-ask for 1,024 samples each, against its idle latency) and the goal ratios.
+ask for 1,024 samples each, against its idle latency), the goal ratios, and at 32 clients the
+bound floor and ceiling put on any Python server of the model, 1 / (1/floor + 1/ceiling).
 
 The load comes from `wrk` (C, one thread, keep-alive; Debian's `wrk` package) so the server
 keeps the cores; without it, a lean Python client (`--client python`, shown in the rows).
@@ -31,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_clients import (SAMPLES, Level, probe_latency, python_load,  # noqa: E402
-                          started_http, started_torchserve, wrk_load)
+                          started_floor, started_http, started_torchserve, wrk_load)
 
 
 def in_process(model, seconds: float) -> list[Level]:
@@ -137,6 +139,14 @@ def goal_ratios(rows: list[Level], hol: dict | None) -> list[str]:
         if http32 and ts32:
             lines.append(f"{endpoint}: HTTP req/s at 32 clients / TorchServe = "
                          f"{http32.req_per_s / ts32.req_per_s:.2f}× (goal ≥ 1.5×)")
+        floor32, top = find("floor", endpoint, 32), find("ceiling", endpoint, 2) or \
+            find("ceiling", endpoint, 1)
+        if floor32 and top:
+            bound = 1.0 / (1.0 / floor32.req_per_s + 1.0 / top.req_per_s)
+            asked = f"; 1.5× TorchServe asks {1.5 * ts32.req_per_s:,.0f}" if ts32 else ""
+            reached = f"; HTTP reaches {http32.req_per_s / bound:.0%} of it" if http32 else ""
+            lines.append(f"{endpoint}: bound on any Python server at 32 clients, 1 / (1/floor "
+                         f"+ 1/ceiling) = {bound:,.0f} req/s{asked}{reached}")
         if http32:
             lines.append(f"{endpoint}: HTTP p99 / p50 at 32 clients = "
                          f"{http32.p99_ms / http32.p50_ms:.2f}× (goal ≤ 3×)")
@@ -151,7 +161,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default="mnist",
                    help="Model directory or bundled name (default: mnist).")
-    p.add_argument("--engines", default="http,torchserve")
+    p.add_argument("--engines", default="floor,http,torchserve",
+                   help="Comma-separated: floor (bare uvicorn, canned answers), http, torchserve.")
     p.add_argument("--clients", default="1,8,32,128")
     p.add_argument("--seconds", type=float, default=10.0, help="Duration of each level.")
     p.add_argument("--workers", type=int, default=1, help="HTTP service worker processes.")
@@ -175,7 +186,7 @@ def main() -> None:
     args.client = args.client or ("wrk" if shutil.which("wrk") else "python")
 
     from ebgen import load_model, resolve_model_path
-    from ebgen.serve import codecs
+    from ebgen.serve import codecs, service
     from ebgen.sessions import serving_threads
 
     model_dir = str(resolve_model_path(args.model))
@@ -184,12 +195,19 @@ def main() -> None:
     bodies = {"generate": ("application/json", json.dumps(
                   {"num_samples": SAMPLES, "seed": 1, "format": "npy"}).encode()),
               "score": ("application/x-npy", codecs.encode_npy(x))}
+    answer_bytes = {"/generate": len(codecs.encode_npy(x)),
+                    "/score": len(codecs.dumps(service.score_result(model, model.energy(x))))}
     rows = in_process(model, min(args.seconds, 5.0)) + ceiling(
         model_dir, args.ceiling_batch, serving_threads(args.workers) * args.workers, 3.0)
     hol = None
     with tempfile.TemporaryDirectory(prefix="ebgen-load-"):
         for engine in args.engines.split(","):
-            if engine == "http":
+            if engine == "floor":
+                with started_floor(args.workers, answer_bytes) as base:
+                    urls = {"generate": f"{base}/generate", "score": f"{base}/score"}
+                    rows += bench_engine(f"floor: bare uvicorn ({args.workers}w)", urls, {},
+                                         bodies, args)
+            elif engine == "http":
                 extra = ["--max-queue", str(args.max_queue), *args.serve_args.split()]
                 with started_http(model_dir, args.workers, extra) as base:
                     urls = {"generate": f"{base}/generate", "score": f"{base}/score"}
@@ -204,7 +222,7 @@ def main() -> None:
                             f"{args.ts_delay_ms}ms)")
                     rows += bench_engine(name, urls, headers, bodies, args)
             else:
-                raise SystemExit(f"unknown engine {engine!r}: http or torchserve")
+                raise SystemExit(f"unknown engine {engine!r}: floor, http or torchserve")
     print(f"\n{SAMPLES} samples per request; model {args.model}; {os.cpu_count()} CPUs; "
           f"load from {args.client}; {args.seconds:g} s per level\n")
     print(Level.HEADER)

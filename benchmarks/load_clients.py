@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -200,25 +200,25 @@ def probe_latency(url: str, body: bytes, headers: dict[str, str], seconds: float
 
 
 @contextlib.contextmanager
-def started_http(model_dir: str, workers: int, extra: list[str]) -> Iterator[str]:
-    """`ebgen serve MODEL` on a free port; yields its base URL."""
+def _server(command: Callable[[int], list[str]], ready_path: str, env: dict | None = None
+            ) -> Iterator[str]:
+    """`command(port)` in its own process group on a free port until `ready_path` answers 200;
+    yields its base URL, then stops it (Ctrl-C, SIGKILL should it linger)."""
     import httpx
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ebgen", "serve", model_dir, "--host", HOST,
-                             "--port", str(port), "--workers", str(workers), "--device", "cpu",
-                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(command(port), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://{HOST}:{port}"
     try:
         for _ in range(240):
             try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{base}{ready_path}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None:
-                raise RuntimeError(f"ebgen serve exited with {proc.returncode}")
+                raise RuntimeError(f"{command(port)[2]} exited with {proc.returncode}")
             time.sleep(0.5)
         yield base
     finally:
@@ -227,6 +227,23 @@ def started_http(model_dir: str, workers: int, extra: list[str]) -> Iterator[str
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def started_http(model_dir: str, workers: int, extra: list[str]):
+    """`ebgen serve MODEL` on a free port (a context manager); yields its base URL."""
+    return _server(lambda port: [sys.executable, "-m", "ebgen", "serve", model_dir, "--host",
+                                 HOST, "--port", str(port), "--workers", str(workers),
+                                 "--device", "cpu", *extra], "/v2/health/ready")
+
+
+def started_floor(workers: int, sizes: dict[str, int]):
+    """`floor_app` (canned answers of `sizes` bytes by path) under uvicorn with `workers`
+    processes on a free port (a context manager); yields its base URL."""
+    env = {**os.environ, "EBGEN_FLOOR_SIZES": json.dumps(sizes)}
+    return _server(lambda port: [sys.executable, "-m", "uvicorn", "floor_app:app", "--app-dir",
+                                 str(Path(__file__).resolve().parent), "--host", HOST, "--port",
+                                 str(port), "--workers", str(workers), "--no-access-log",
+                                 "--log-level", "warning"], "/ready", env)
 
 
 @contextlib.contextmanager

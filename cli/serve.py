@@ -28,7 +28,8 @@ from .options import device_option, model_arguments, pick_model
                    "this long (keeps a small request behind big ones quick).")
 @click.option("--parallel-batches", type=int, default=None,
               help="http: batches run at once per worker, each on --threads onnxruntime "
-                   "threads (default: the cores shared out among the workers).")
+                   "threads (default: the cores shared out among the workers); a batch running "
+                   "by itself gets them all.")
 @click.option("--max-batch-size", type=int, default=8, show_default=True,
               help="torchserve: most requests in one handler call (its batch_size).")
 @click.option("--max-delay-ms", type=float, default=None,

@@ -1,7 +1,10 @@
-"""What every route of the HTTP service shares: the model, its two micro-batchers, the limits.
+"""What every route of the HTTP service shares: the model, its two micro-batchers, the limits,
+and the count of requests in hand (a batch runs on the event loop only while it is one).
 
 A route reads its body with `Backend.body` (size cap 413, slow-client timeout 408) and runs a
 model with `Backend.run` (micro-batched; dropped, never computed, when its client hangs up).
+On a CPU the model is loaded twice: sessions on `threads` each for batches side by side, and
+sessions on all the worker's threads for a batch that runs by itself (`lone_model`).
 Protocols stay apart from this: `ebgen.serve.http_service` holds the REST routes,
 `ebgen.serve.v2` the Open Inference Protocol.
 """
@@ -36,11 +39,18 @@ class Backend:
         self.model_path, self.device, self.limits = model_path, device, limits
         self.model, self.threads, self.on_energies = model, threads, on_energies
         self.ready = False
+        #: Requests this worker holds now, counted as they arrive (`ebgen.serve.http_service`).
+        self.in_flight = 0
+        #: The model on all the worker's threads, for a batch that runs by itself (CPU only).
+        self.lone_model: Any = None
+        self.lone_threads = (threads or 1) * batching.get("parallel_batches", 1)
         runs = {"generator": service.run_generator_batch, "energy": service.run_energy_batch}
         self.batchers: dict[str, MicroBatcher] = {}  # one per network, by the routes' names
         for name, run in runs.items():
             b = MicroBatcher(lambda parts, run=run: run(self.model, parts), name=name,
-                             **batching)
+                             run_lone=lambda parts, run=run: run(self.lone_model or self.model,
+                                                                 parts),
+                             alone=lambda: self.in_flight <= 1, **batching)
             if on_batch is not None:
                 b.on_batch = lambda n, seconds, name=name: on_batch(name, n)
             self.batchers[name] = b
@@ -51,6 +61,9 @@ class Backend:
             from ebgen import load_model
 
             self.model = load_model(self.model_path, self.device, self.threads)
+            if self.lone_threads > (self.threads or 1) and "CUDAExecutionProvider" \
+                    not in self.model.providers:
+                self.lone_model = load_model(self.model_path, self.device, self.lone_threads)
         m = self.model
         log.info("ebgen HTTP service: model %s %s on %s (pid %d)", m.info.get("name"),
                  list(m.sample_shape), ", ".join(m.providers), os.getpid())

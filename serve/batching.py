@@ -10,10 +10,11 @@ several threads, whose small ops parallelise poorly), so that:
   and no more than fit in `max_batch_ms` by the running fit of batch time (`BatchTimer`).
 - **Fair shares, in samples.** Smallest first, whole while they fit (never cut); big requests
   share the room left and run in chunks, so a small one behind them waits about one batch.
-- **Tiny batches inline.** A batch predicted to take under `INLINE_BATCH_S` runs on the event
-  loop, not in a thread: the hop there and back costs more (2-D models). Longer ones never do:
-  a blocked loop reads no new requests, so it would see no queue and run every batch inline,
-  one core's worth (README "Serving speed": measured, and dropped).
+- **A lone batch** (none other running, nothing waiting) **gets the worker's cores**
+  (`run_lone`). Batches run on the event loop, sparing two thread hops, when tiny
+  (`INLINE_BATCH_S`) or lone while the server holds no other request (`alone()`, counted as
+  requests arrive: a blocked loop reads none, so its queue would look empty and every batch
+  run inline, one core's worth; README "Serving speed").
 - **Waiting only where it pays.** With `max_delay_ms` > 0, a batch that is not full waits for
   more requests only while the arrival rate × one batch's fixed cost (`BatchTimer`) exceeds the
   requests in hand: a request that joins saves a batch's overhead; each waiting costs its
@@ -44,8 +45,7 @@ import numpy as np
 from .validation import RequestError
 
 log = logging.getLogger(__name__)
-#: A batch the running fit says takes at most this long runs on the event loop itself: less
-#: than a hop to a worker thread and back (a 2-D model's batches take tens of microseconds).
+#: A batch the fit says takes at most this long runs on the event loop (2-D models' batches).
 INLINE_BATCH_S = 2e-4
 
 
@@ -116,18 +116,19 @@ class MicroBatcher:
     `run_batch` gets a list of arrays (requests, or chunks of them, along axis 0) and returns
     one answer per array, in order, each with as many rows; an answer that is an exception is
     raised to that request's caller alone. If `run_batch` itself raises, every request in that
-    batch gets the exception.
+    batch gets the exception. `run_lone`: the same for a batch that runs by itself; `alone()`:
+    whether the server holds one request only (a lone batch within `max_batch_ms` runs inline).
     """
 
     def __init__(self, run_batch: Callable[[list[np.ndarray]], Sequence[np.ndarray | BaseException]],
                  max_batch_samples: int = 1024, max_delay_ms: float = 0.0, max_queue: int = 64,
-                 name: str = "batch", max_batch_ms: float | None = None,
-                 parallel_batches: int = 1):
+                 name: str = "batch", max_batch_ms: float | None = None, parallel_batches: int = 1,
+                 run_lone: Callable | None = None, alone: Callable[[], bool] | None = None):
         if max_batch_samples < 1 or max_queue < 1 or max_delay_ms < 0 or parallel_batches < 1 \
                 or (max_batch_ms is not None and max_batch_ms <= 0):
             raise ValueError("need max_batch_samples >= 1, max_queue >= 1, max_delay_ms >= 0, "
                              "parallel_batches >= 1 and max_batch_ms > 0")
-        self.run_batch = run_batch
+        self.run_batch, self.run_lone, self.alone = run_batch, run_lone, alone
         self.max_batch_samples = max_batch_samples
         self.max_batch_s = None if max_batch_ms is None else max_batch_ms / 1000.0
         self.parallel_batches = parallel_batches
@@ -305,11 +306,15 @@ class MicroBatcher:
         start = time.perf_counter()
         try:
             parts = [e.item[a:b] for e, a, b in plan]
-            if self._warm and self.timer.seconds(rows, 1) <= INLINE_BATCH_S:
-                answers, seconds = self._timed(parts)  # quicker than a hop to a thread and back
+            lone = len(self._batches) <= 1 and not self.queued
+            run = self.run_lone if lone and self.run_lone is not None else self.run_batch
+            predicted = self.timer.seconds(rows, 1)
+            if self._warm and (predicted <= INLINE_BATCH_S or lone and self.alone is not None
+                               and predicted <= (self.max_batch_s or 0.0) and self.alone()):
+                answers, seconds = self._timed(parts, run)  # quicker than two thread hops
             else:
                 answers, seconds = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._timed, parts)
+                    self._pool, self._timed, parts, run)
             if len(answers) != len(plan):
                 raise RuntimeError(f"{self.name}: {len(answers)} answers for {len(plan)} parts")
             if self._warm:
@@ -326,10 +331,10 @@ class MicroBatcher:
         for (entry, first, stop), answer in zip(plan, answers):
             self._answer(entry, first, stop, answer)
 
-    def _timed(self, parts: list[np.ndarray]) -> tuple[Sequence, float]:
-        """`run_batch(parts)` and the seconds it took itself (no thread hops)."""
+    def _timed(self, parts: list[np.ndarray], run: Callable) -> tuple[Sequence, float]:
+        """`run(parts)` and the seconds it took itself (no thread hops)."""
         start = time.perf_counter()
-        answers = self.run_batch(parts)
+        answers = run(parts)
         return answers, time.perf_counter() - start
 
     def _answer(self, entry: _Entry, first: int, stop: int,

@@ -189,7 +189,11 @@ class _Counted:
                 status[0] = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_counted)
+        self.backend.in_flight += 1
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            self.backend.in_flight -= 1
         endpoint = scope.get(ENDPOINT_KEY) or getattr(scope.get("route"), "path", "other")
         self.metrics.requests.labels(endpoint, str(status[0])).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)

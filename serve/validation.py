@@ -19,6 +19,7 @@ front doors answer it as `{"error": "<reason>"}` with that status and keep servi
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,12 @@ def _bool(value: Any, name: str) -> bool:
     raise RequestError(422, f"{name} must be true or false, got {json.dumps(value)[:40]}")
 
 
+def fresh_seed() -> int:
+    """A random seed in 0..2**31 - 1 from the OS: 1 µs where a fresh numpy Generator costs
+    ~40 µs, and distinct in forked workers (a process-wide generator would repeat there)."""
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
 def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) -> GenerateParams:
     """A `generate` request object ({num_samples, seed, format, grid}) checked.
 
@@ -111,7 +118,7 @@ def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) ->
                           limits.max_samples)
     seed = obj.get("seed", default_seed)
     if seed is None:
-        seed = int(np.random.default_rng().integers(0, 2**31))
+        seed = fresh_seed()
     seed = check_seed(seed)
     fmt = obj.get("format", "png")
     if fmt not in FORMATS:

@@ -368,3 +368,47 @@ def test_the_oldest_request_gets_rows_however_many_smaller_ones_fill_the_batch()
     assert all(sum(n for n, _ in batch) <= 40 for batch in batches)
     assert (10, 9.0) in batches[1] and len(batches[1]) == 4  # 3 small ones whole + a big chunk
     assert answers[1].tolist() == [9.0] * 100
+
+
+def test_a_lone_batch_gets_the_lone_runner_and_runs_on_the_loop_only_when_alone():
+    """Issue 16: at one client a batch ran on one of the worker's threads, in a thread hop
+    away. A batch running by itself now goes through `run_lone` (the worker's cores), on the
+    event loop itself while the server holds no other request; batches side by side do not."""
+    calls: list[tuple[str, str, int]] = []
+    gate = threading.Event()
+    server_requests = [1]
+
+    def runner(kind):
+        def run(parts):
+            calls.append((kind, threading.current_thread().name, len(parts[0])))
+            if len(parts[0]) == 5:
+                gate.wait(5)
+            return list(parts)
+        return run
+
+    async def main():
+        b = MicroBatcher(runner("shared"), max_batch_samples=64, max_delay_ms=0,
+                         max_batch_ms=50, parallel_batches=2, run_lone=runner("lone"),
+                         alone=lambda: server_requests[0] <= 1)
+        b.timer.overhead, b.timer.per_unit = 1e-3, 1e-5   # 1 ms a batch: past "tiny"
+        b.timer.add = lambda units, seconds: None         # keep that fit
+        await b.start()
+        await b.submit(_rows(1))                         # first call: warms up (a thread)
+        await b.submit(_rows(2))                         # alone: on the loop
+        server_requests[0] = 3
+        await b.submit(_rows(3))                         # lone, but others arrived: a thread
+        stuck = asyncio.create_task(b.submit(_rows(5)))  # lone, held on the gate
+        await asyncio.sleep(0.1)
+        await b.submit(_rows(4))                         # beside it: shared, in a thread
+        gate.set()
+        await stuck
+        await b.stop()
+
+    asyncio.run(main())
+    loop_thread = threading.main_thread().name
+    by_rows = {rows: (kind, thread) for kind, thread, rows in calls}
+    assert by_rows[1][0] == "lone" and by_rows[1][1] != loop_thread
+    assert by_rows[2] == ("lone", loop_thread)
+    assert by_rows[3][0] == "lone" and by_rows[3][1] != loop_thread
+    assert by_rows[5][0] == "lone" and by_rows[4][0] == "shared"
+    assert by_rows[4][1] != loop_thread

@@ -202,6 +202,29 @@ def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_mod
         assert 'ebgen_requests_total{endpoint="/generate",status="500"} 1.0' in metrics
 
 
+def test_a_lone_request_gets_the_workers_cores_and_the_same_answer(model, tiny_model_dir):
+    """Issue 16: a batch running by itself goes to sessions on all the worker's threads (the
+    cores of its --parallel-batches); their answers match the one-thread sessions'."""
+    from ebgen.serve.http_service import ServeConfig, create_app
+
+    app = create_app(ServeConfig(str(tiny_model_dir), parallel_batches=2, threads=1))
+    with _in_process_server(app) as base:
+        x = model.generate(3, seed=11)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            gen = client.post("/generate", json={"num_samples": 4, "seed": 5, "format": "npy"})
+            score = client.post("/score", content=codecs.encode_npy(x),
+                                headers={"Content-Type": "application/octet-stream"})
+        backend = app.backend
+        assert backend.in_flight == 0    # counted in and out again
+    lone = backend.lone_model
+    assert lone is not None and lone is not backend.model
+    assert lone._energy.session.get_session_options().intra_op_num_threads == 2
+    assert backend.model._energy.session.get_session_options().intra_op_num_threads == 1
+    np.testing.assert_allclose(codecs.decode_npy(gen.content), model.generate(4, seed=5),
+                               atol=1e-5)
+    np.testing.assert_allclose(score.json()["energy"], model.energy(x), rtol=1e-5, atol=1e-4)
+
+
 def test_a_client_that_never_finishes_its_body_gets_408(model, tiny_model_dir):
     import socket
     from urllib.parse import urlparse
@@ -299,3 +322,26 @@ def test_requests_whose_clients_hung_up_are_never_computed(model, tiny_model_dir
     # the first and the last request ran; the ten abandoned ones gave up while the first
     # ran, so none of them is computed (one request's rows of slack)
     assert slow.rows <= 3 * 64, slow.rows
+
+
+@pytest.mark.slow
+def test_load_benchmark_smoke_floor_and_service_side_by_side(tiny_model_dir):
+    """`benchmarks/load.py` runs the floor (bare uvicorn, canned answers) and the service in
+    one run and prints the bound the two put on any Python server."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "load.py"
+    done = subprocess.run([sys.executable, str(script), str(tiny_model_dir), "--engines",
+                           "floor,http", "--clients", "1,32", "--seconds", "1", "--client",
+                           "python", "--no-head-of-line"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    floor = [r for r in rows if r.startswith("| floor: bare uvicorn (1w) |")]
+    http = [r for r in rows if r.startswith("| http (1w) |")]
+    assert len(floor) == len(http) == 4                      # 2 endpoints × 2 levels
+    assert all(r.split("|")[9].strip() == "0" for r in floor + http)  # no errors
+    assert "generate: bound on any Python server at 32 clients" in done.stdout
+    assert "score: HTTP p50 at 1 client / in-process" in done.stdout
