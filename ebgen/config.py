@@ -217,6 +217,9 @@ class TrainConfig:
                                             "equal weights throughout).")
     calibrate_entropy: str | None = opt(None, "Entropy estimate from --calibrate-from on (none: "
                                               "--entropy throughout).", ENTROPY_ESTIMATES)
+    generator_ema: float = opt(0.0, "Deploy an exponential moving average of the generator's "
+                                    "weights with this decay (e.g. 0.999; 0: the raw weights); "
+                                    "training goes on with the raw ones.")
     generator_as_deployed: bool = opt(False, "From --calibrate-from on, train the generator "
                                              "as it is deployed: batch norm on its running "
                                              "statistics, no hidden noise, so the samples the "
@@ -261,6 +264,8 @@ class TrainConfig:
         if self.fourier_from is not None and not 0.0 <= self.fourier_from < 1.0:
             raise EbgenError(f"fourier_from is a share of the steps in [0, 1), "
                              f"got {self.fourier_from}")
+        if not 0.0 <= self.generator_ema < 1.0:
+            raise EbgenError(f"generator_ema is a decay in [0, 1), got {self.generator_ema}")
         if self.generator_as_deployed and self.calibrate_from <= 0:
             raise EbgenError("generator_as_deployed needs calibrate_from > 0 (the steps before "
                              "it set the batch norms' running statistics); with --calibrate-from "

@@ -20,6 +20,7 @@ energy step does not run them again.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -134,3 +135,30 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
         terms["magnitude"] = cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                      + energy_samples.pow(2).mean())
     return EnergyStep(terms, energy_data, energy_samples)
+
+
+def calibrating(cfg: TrainConfig, step: int) -> bool:
+    """Whether `step` is past `calibrate_from` (always, when it is 0)."""
+    return cfg.calibrate_from <= 0 or step >= cfg.calibrate_from * cfg.steps
+
+
+def entropy_estimate(cfg: TrainConfig, step: int) -> str:
+    """The entropy estimate at `step`: `calibrate_entropy` once calibrating, else `entropy`."""
+    if cfg.calibrate_entropy is not None and cfg.calibrate_from > 0 and calibrating(cfg, step):
+        return cfg.calibrate_entropy
+    return cfg.entropy
+
+
+def term_weights(cfg: TrainConfig, step: int) -> TermWeights:
+    """The weights of R1, score matching, calibration and likelihood at `step`, per
+    `calibrate_from`."""
+    if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
+        return TermWeights(r1=cfg.gradient_penalty)
+    late = TermWeights(score_matching=cfg.score_matching, calibration=cfg.calibration,
+                       likelihood=cfg.likelihood,
+                       score_matching_std=annealed_noise_std(cfg, step))
+    if cfg.calibrate_from <= 0:
+        return dataclasses.replace(late, r1=cfg.gradient_penalty)
+    if not calibrating(cfg, step):
+        return TermWeights(r1=cfg.gradient_penalty)
+    return late

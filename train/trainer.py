@@ -4,12 +4,12 @@ Each step draws one minibatch of data and latents, takes a generator step (DDGM:
 E(G(z)) − H(G); GAN: non-saturating loss), then an energy step on the data and the generator's
 (detached) samples; a DDGM energy step reuses the generator step's E(samples) and its gradient.
 Randomness is derived from (seed, step, rank), so a resumed run draws exactly what the
-uninterrupted run would have drawn; optimiser state and step live in trainer_state.pt.
+uninterrupted run would have drawn; optimiser state and step live in trainer_state.pt (and,
+under --generator-ema, the raw generator: the checkpoint's is the average, `train/averaging.py`).
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -31,12 +31,16 @@ from ebgen.models import build_models, energy_function
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import METRICS_FILE, SAMPLES_DIR
 
+from .averaging import WeightAverage
 from .distributed import barrier, setup_runtime, teardown_runtime
-from .energy_terms import (TermWeights, annealed_noise_std, energy_terms,
-                           reuses_sample_energies)
+from .energy_terms import (TermWeights, calibrating, energy_terms, entropy_estimate,
+                           reuses_sample_energies, term_weights)
 
 #: The seed stream of the fixed latents used for sample grids (distinct from per-step streams).
 _FIXED_LATENT_STREAM = 0xF1ED
+#: The progress bar's figures: its short names of the logged metrics.
+_PROGRESS = {"L_E": "loss_energy", "L_G": "loss_generator", "E_data": "energy_data",
+             "E_samp": "energy_samples", "H": "entropy"}
 
 
 class Trainer:
@@ -62,6 +66,8 @@ class Trainer:
         energy, generator = self._networks(resume)
         energy.to(self.device).train()
         generator.to(self.device).train()
+        ema = config.train.generator_ema  # resumed: the average is the checkpoint's generator
+        self.average = WeightAverage(generator, ema) if ema > 0 else None
         self.energy_opt = _adam_like(config, energy.parameters(), config.train.lr_energy,
                                      config.train.weight_decay)
         self.generator_opt = _adam_like(config, generator.parameters(), config.train.lr_generator)
@@ -72,7 +78,7 @@ class Trainer:
             self.statistics_opt = _adam_like(config, self.statistics.parameters(),
                                              config.train.lr_energy)
         if resume:
-            self._load_trainer_state()
+            self._load_trainer_state(generator)
         if self.runtime.distributed:
             energy, generator = self._distribute(energy), self._distribute(generator)
             if self.statistics is not None:
@@ -107,9 +113,11 @@ class Trainer:
                 min(len(self.train_data), 60_000), device=self.train_data.values.device)))
         return energy, generator
 
-    def _load_trainer_state(self) -> None:
-        """Optimisers and step of the checkpoint this run resumes."""
+    def _load_trainer_state(self, generator: torch.nn.Module) -> None:
+        """Optimisers, step and (under an average) the raw generator of the checkpoint."""
         state = load_trainer_state(self.out_dir)
+        if "generator_training" in state:
+            generator.load_state_dict(state["generator_training"])
         self.energy_opt.load_state_dict(state["energy_optimizer"])
         self.generator_opt.load_state_dict(state["generator_optimizer"])
         if self.statistics is not None:
@@ -169,6 +177,8 @@ class Trainer:
             self.statistics_opt.zero_grad(set_to_none=True)
         loss_g.backward()
         self.generator_opt.step()
+        if self.average is not None:
+            self.average.update(unwrap(self.generator), self.step)
         # The energy's gradient is now that of mean E(samples): negated, the sample half of a
         # loss linear in E(samples), which the energy step then need not compute again.
         shared = reuses_sample_energies(cfg)
@@ -218,11 +228,8 @@ class Trainer:
                     last = {"step": self.step, **{k: round(float(v), 5) for k, v in values.items()},
                             "steps_per_s": round((self.step - start_step)
                                                  / (time.perf_counter() - start), 3)}
-                    bar.set_postfix(L_E=f"{last['loss_energy']:.3g}",
-                                    L_G=f"{last['loss_generator']:.3g}",
-                                    E_data=f"{last['energy_data']:.3g}",
-                                    E_samp=f"{last['energy_samples']:.3g}",
-                                    H=f"{last['entropy']:.3g}", refresh=False)
+                    bar.set_postfix({short: f"{last[key]:.3g}" for short, key
+                                     in _PROGRESS.items()}, refresh=False)
                     if main:
                         with open(self.out_dir / METRICS_FILE, "a") as f:
                             f.write(json.dumps(last) + "\n")
@@ -237,41 +244,20 @@ class Trainer:
         teardown_runtime(self.runtime)
         return last
 
-    def _calibrating(self) -> bool:
-        """Whether this step is past `calibrate_from` (always, when it is 0)."""
-        cfg = self.config.train
-        return cfg.calibrate_from <= 0 or self.step >= cfg.calibrate_from * cfg.steps
-
     def _set_phase(self) -> None:
         """From `calibrate_from` on, the energy's Fourier features join and (generator_as_deployed)
         the generator trains in eval mode: batch-statistics jitter and hidden noise widen
         training samples past what the deployed generator draws."""
-        calibrating, cfg = self._calibrating(), self.config.train
-        self.generator.train(not (cfg.generator_as_deployed and calibrating))
+        cfg = self.config.train
+        self.generator.train(not (cfg.generator_as_deployed and calibrating(cfg, self.step)))
         join = cfg.calibrate_from if cfg.fourier_from is None else cfg.fourier_from
         unwrap(self.energy).switch_fourier(self.step >= join * cfg.steps)
 
     def _entropy_estimate(self) -> str:
-        """This step's entropy estimate: `calibrate_entropy` once calibrating, else `entropy`."""
-        cfg = self.config.train
-        if cfg.calibrate_entropy is not None and cfg.calibrate_from > 0 and self._calibrating():
-            return cfg.calibrate_entropy
-        return cfg.entropy
+        return entropy_estimate(self.config.train, self.step)
 
     def _energy_term_weights(self) -> TermWeights:
-        """This step's weights of R1, score matching, calibration and likelihood, per
-        `calibrate_from`."""
-        cfg = self.config.train
-        if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
-            return TermWeights(r1=cfg.gradient_penalty)
-        late = TermWeights(score_matching=cfg.score_matching, calibration=cfg.calibration,
-                           likelihood=cfg.likelihood,
-                           score_matching_std=annealed_noise_std(cfg, self.step))
-        if cfg.calibrate_from <= 0:
-            return dataclasses.replace(late, r1=cfg.gradient_penalty)
-        if not self._calibrating():
-            return TermWeights(r1=cfg.gradient_penalty)
-        return late
+        return term_weights(self.config.train, self.step)
 
     def _decay(self) -> float:
         """This step's learning-rate factor: 1 → 0 over the run with lr_decay, else 1."""
@@ -295,16 +281,23 @@ class Trainer:
             if self.statistics is not None:
                 state["statistics_network"] = unwrap(self.statistics).state_dict()
                 state["statistics_optimizer"] = self.statistics_opt.state_dict()
-            save_checkpoint(self.out_dir, self.config, self.energy, self.generator, self.step,
-                            state)
+            if self.average is not None:  # the checkpoint's generator is the average
+                state["generator_training"] = unwrap(self.generator).state_dict()
+            save_checkpoint(self.out_dir, self.config, self.energy, self.deployed_generator,
+                            self.step, state)
         barrier(self.runtime)
+
+    @property
+    def deployed_generator(self) -> torch.nn.Module:
+        """The generator users get: the weights' average under --generator-ema, else the raw."""
+        return unwrap(self.generator) if self.average is None else self.average.module
 
     @torch.no_grad()
     def write_samples(self) -> Path:
         """Sample from the fixed latents: an image grid, or points over the energy landscape."""
         from ebgen import plots
 
-        generator, energy = unwrap(self.generator), unwrap(self.energy)
+        generator, energy = self.deployed_generator, unwrap(self.energy)
         generator.eval()  # the next step's _set_phase puts back the mode it trains in
         x = generator(self.fixed_z.to(self.device)).float().cpu().numpy()
         path = self.out_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
