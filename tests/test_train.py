@@ -105,6 +105,8 @@ def test_generator_ema_deploys_the_average_and_resumes_to_the_uninterrupted_run(
     assert max(gaps) > 1e-4  # the checkpoint holds the average, not the raw weights
     plain = Trainer(preset_config("tiny", steps=1), tmp_path / "plain", progress=False)
     assert plain.average is None and plain.deployed_generator is plain.generator
+    with pytest.raises(EbgenError, match="generator_ema is a decay"):
+        preset_config("tiny", generator_ema=1.0)
 
 
 def test_fresh_run_refuses_an_existing_checkpoint(tmp_path):
