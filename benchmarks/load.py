@@ -139,8 +139,9 @@ def goal_ratios(rows: list[Level], hol: dict | None) -> list[str]:
         if http32 and ts32:
             lines.append(f"{endpoint}: HTTP req/s at 32 clients / TorchServe = "
                          f"{http32.req_per_s / ts32.req_per_s:.2f}× (goal ≥ 1.5×)")
-        floor32, top = find("floor", endpoint, 32), find("ceiling", endpoint, 2) or \
-            find("ceiling", endpoint, 1)
+        floor32 = find("floor", endpoint, 32)
+        top = next((r for r in rows if r.engine.startswith("ceiling") and r.endpoint == endpoint),
+                   None)  # one row per endpoint, at however many parallel sessions
         if floor32 and top:
             bound = 1.0 / (1.0 / floor32.req_per_s + 1.0 / top.req_per_s)
             asked = f"; 1.5× TorchServe asks {1.5 * ts32.req_per_s:,.0f}" if ts32 else ""
