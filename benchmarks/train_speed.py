@@ -6,7 +6,8 @@ decay) on the same nets: DDGM with the paper's recipe (batch-norm entropy) and w
 preset's default recipe — before and after its handover from R1 to the calibration terms and
 the late entropy estimate (`calibrate_from`, `calibrate_entropy`) where the preset has one —
 each phase that uses the MI entropy estimator also without it ("-MI": batch-norm entropy), to
-show what MI costs; and on CUDA fp32 vs bf16
+show what MI costs; where the preset has R1, without it ("-R1") and lazily on every 4th step
+("R1/4", `--gradient-penalty-every 4`); and on CUDA fp32 vs bf16
 autocast. The relative step time is the median, over repeats, of ratios taken within one
 repeat (each repeat runs every variant once, in a random order), with the range over repeats
 for the GAN column.
@@ -43,6 +44,9 @@ def variants_for(preset: str) -> list[tuple[str, dict]]:
             ("gan", {"objective": "gan"}),                       # the preset's R1 + lr decay
             ("ddgm paper", {"recipe": "paper"}),
             ("ddgm default", {})]                                # before the handover: R1
+    if train.gradient_penalty > 0:  # what R1's double backward costs, and lazy R1's share
+        rows += [("ddgm default -R1", {"gradient_penalty": 0.0}),
+                 ("ddgm default R1/4", {"gradient_penalty_every": 4})]
     late_entropy = train.calibrate_entropy or train.entropy
     if train.calibrate_from:
         rows.append(("ddgm calib.", {PAST_HANDOVER: True}))

@@ -189,7 +189,12 @@ class TrainConfig:
                        ENTROPY_ESTIMATES)
     entropy_neighbours: int = opt(3, "k of the nearest-neighbour estimates (knn, calibration).")
     lr_decay: bool = opt(False, "Decay both learning rates linearly to 0 over the steps.")
+    lr_decay_start: float = opt(0.0, "Share of the steps (0–1) the rates stay constant before "
+                                     "lr_decay takes them linearly to 0 (0: decay from the "
+                                     "first step; 0.8: over the last fifth).")
     gradient_penalty: float = opt(0.0, "R1 weight: ½‖∇ₓE‖² at data points (0 = off).")
+    gradient_penalty_every: int = opt(1, "Apply R1 on every Nth energy step only, N times "
+                                         "as strong (lazy regularisation): 1/N of its cost.")
     energy_magnitude: float = opt(0.0, "Weight of mean(E_data² + E_samples²) (0 = off).")
     score_matching: float = opt(0.0, "Weight of score matching of E at the data: shapes each "
                                      "energy well (ddgm only; 0 = off).")
@@ -264,6 +269,14 @@ class TrainConfig:
         if self.fourier_from is not None and not 0.0 <= self.fourier_from < 1.0:
             raise EbgenError(f"fourier_from is a share of the steps in [0, 1), "
                              f"got {self.fourier_from}")
+        if self.gradient_penalty_every < 1:
+            raise EbgenError(f"gradient_penalty_every is a number of steps >= 1, "
+                             f"got {self.gradient_penalty_every}")
+        if not 0.0 <= self.lr_decay_start < 1.0:
+            raise EbgenError(f"lr_decay_start is a share of the steps in [0, 1), "
+                             f"got {self.lr_decay_start}")
+        if self.lr_decay_start > 0 and not self.lr_decay:
+            raise EbgenError("lr_decay_start needs lr_decay (add --lr-decay)")
         if not 0.0 <= self.generator_ema < 1.0:
             raise EbgenError(f"generator_ema is a decay in [0, 1), got {self.generator_ema}")
         if self.generator_as_deployed and self.calibrate_from <= 0:

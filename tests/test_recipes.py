@@ -342,6 +342,7 @@ def test_train_speed_benchmark_prints_every_row_against_both_gans():
     rows = {line[:18].strip(): line[18:].split() for line in done.stdout.splitlines()
             if line.endswith(")")}
     assert list(rows) == ["variant", "gan plain", "gan", "ddgm paper", "ddgm default",
+                          "ddgm default -R1", "ddgm default R1/4",  # toy2d has R1
                           "ddgm calib.", "ddgm default -MI"]  # no MI after the handover
     assert rows["gan plain"][3] == "1.00x" and rows["gan"][4:] == ["1.00x", "(1.00-1.00)"]
 

@@ -109,6 +109,46 @@ def test_generator_ema_deploys_the_average_and_resumes_to_the_uninterrupted_run(
         preset_config("tiny", generator_ema=1.0)
 
 
+def test_lr_decay_start_keeps_the_rates_then_decays_them_to_zero(tmp_path):
+    """Issue 18: --lr-decay-start 0.5 holds both rates for half the steps, then takes them
+    linearly to 0 at the last step; 0 (the default) decays from the first step as before."""
+    def rates(**fields) -> list[tuple[float, float]]:
+        trainer = Trainer(preset_config("tiny", steps=8, lr_decay=True, **fields),
+                          tmp_path / str(fields), progress=False)
+        seen = []
+        for _ in range(8):
+            trainer.train_step()
+            seen.append((trainer.energy_opt.param_groups[0]["lr"],
+                         trainer.generator_opt.param_groups[0]["lr"]))
+        return seen
+
+    base = preset_config("tiny").train.lr_energy
+    late = [round(e / base, 6) for e, g in rates(lr_decay_start=0.5)]
+    assert late == [1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    early = [round(e / base, 6) for e, g in rates()]
+    assert early == [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+    with pytest.raises(EbgenError, match="lr_decay_start is a share"):
+        preset_config("tiny", lr_decay=True, lr_decay_start=1.0)
+    with pytest.raises(EbgenError, match="needs lr_decay"):
+        preset_config("tiny", lr_decay=False, lr_decay_start=0.5)
+
+
+def test_lazy_r1_runs_every_nth_step_with_n_times_the_weight(tmp_path):
+    """--gradient-penalty-every 4: R1 (and its double backward) on steps 0, 4, 8, ... only,
+    four times as strong, so the penalty per step is the same on average."""
+    config = preset_config("tiny", steps=8, gradient_penalty=0.1, gradient_penalty_every=4)
+    trainer = Trainer(config, tmp_path, progress=False)
+    with_r1 = [("term_r1" in trainer.train_step()) for _ in range(8)]
+    assert with_r1 == [True, False, False, False, True, False, False, False]
+    assert [trainer._energy_term_weights().r1 for trainer.step in (0, 1, 4)] == \
+        pytest.approx([0.4, 0.0, 0.4])
+    every = Trainer(preset_config("tiny", steps=2, gradient_penalty=0.1), tmp_path / "every",
+                    progress=False)
+    assert all("term_r1" in every.train_step() for _ in range(2))
+    with pytest.raises(EbgenError, match="gradient_penalty_every is a number of steps"):
+        preset_config("tiny", gradient_penalty_every=0)
+
+
 def test_fresh_run_refuses_an_existing_checkpoint(tmp_path):
     train(preset_config("tiny", steps=1), tmp_path, progress=False)
     with pytest.raises(EbgenError, match="--resume"):

@@ -137,6 +137,15 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     return EnergyStep(terms, energy_data, energy_samples)
 
 
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """This step's learning-rate factor: 1 until `lr_decay_start` of the steps, then linearly
+    to 0 at the last step with lr_decay; always 1 without."""
+    if not cfg.lr_decay:
+        return 1.0
+    start = cfg.lr_decay_start * cfg.steps
+    return min(1.0, max(0.0, 1.0 - (step - start) / max(1.0, cfg.steps - start)))
+
+
 def calibrating(cfg: TrainConfig, step: int) -> bool:
     """Whether `step` is past `calibrate_from` (always, when it is 0)."""
     return cfg.calibrate_from <= 0 or step >= cfg.calibrate_from * cfg.steps
@@ -149,16 +158,24 @@ def entropy_estimate(cfg: TrainConfig, step: int) -> str:
     return cfg.entropy
 
 
+def r1_weight(cfg: TrainConfig, step: int) -> float:
+    """R1's weight at `step`: `gradient_penalty`, or with `gradient_penalty_every` N > 1 (lazy
+    regularisation, Karras et al. 2020) N times it on every Nth step and 0 on the others, the
+    same penalty on average for 1/N of its double backward passes."""
+    every = cfg.gradient_penalty_every
+    return cfg.gradient_penalty * every if step % every == 0 else 0.0
+
+
 def term_weights(cfg: TrainConfig, step: int) -> TermWeights:
     """The weights of R1, score matching, calibration and likelihood at `step`, per
     `calibrate_from`."""
     if cfg.objective != "ddgm":  # a discriminator is no density to calibrate: R1 only
-        return TermWeights(r1=cfg.gradient_penalty)
+        return TermWeights(r1=r1_weight(cfg, step))
     late = TermWeights(score_matching=cfg.score_matching, calibration=cfg.calibration,
                        likelihood=cfg.likelihood,
                        score_matching_std=annealed_noise_std(cfg, step))
     if cfg.calibrate_from <= 0:
-        return dataclasses.replace(late, r1=cfg.gradient_penalty)
+        return dataclasses.replace(late, r1=r1_weight(cfg, step))
     if not calibrating(cfg, step):
-        return TermWeights(r1=cfg.gradient_penalty)
+        return TermWeights(r1=r1_weight(cfg, step))
     return late

@@ -34,7 +34,7 @@ from ebgen.names import METRICS_FILE, SAMPLES_DIR
 from .averaging import WeightAverage
 from .distributed import barrier, setup_runtime, teardown_runtime
 from .energy_terms import (TermWeights, calibrating, energy_terms, entropy_estimate,
-                           reuses_sample_energies, term_weights)
+                           lr_factor, reuses_sample_energies, term_weights)
 
 #: The seed stream of the fixed latents used for sample grids (distinct from per-step streams).
 _FIXED_LATENT_STREAM = 0xF1ED
@@ -260,9 +260,8 @@ class Trainer:
         return term_weights(self.config.train, self.step)
 
     def _decay(self) -> float:
-        """This step's learning-rate factor: 1 → 0 over the run with lr_decay, else 1."""
-        cfg = self.config.train
-        return max(0.0, 1.0 - self.step / max(1, cfg.steps)) if cfg.lr_decay else 1.0
+        """This step's learning-rate factor (`energy_terms.lr_factor`)."""
+        return lr_factor(self.config.train, self.step)
 
     def _set_learning_rates(self, factor: float) -> None:
         cfg = self.config.train
