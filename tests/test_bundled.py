@@ -198,3 +198,22 @@ def test_retrain_script_prints_the_readme_tables_from_the_cards():
     assert "PCA-50 reconstruction error" in out and "| ring | " in out and "| 8/8 |" in out
     readme = (SCRIPT.parents[1] / "README.md").read_text()
     assert out.strip() in readme, "README's results tables are stale: rerun --table"
+
+
+def test_retrain_script_packages_only_a_finished_run_of_the_recipe(tmp_path):
+    """`--checkpoint RUN` refuses a run whose config is not the recipe's, naming the fields,
+    and a run of the recipe that stopped short of its steps."""
+    from ebgen.presets import preset_config
+    from ebgen.train import train
+
+    train(preset_config("toy2d", steps=2, dataset="8gaussians", seed=0, energy_width=8),
+          tmp_path / "other", progress=False)
+    done = subprocess.run([sys.executable, str(SCRIPT), "--only", "ring", "--checkpoint",
+                           str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "not a finished run of the ring recipe" in done.stderr
+    assert "model.energy_width: run 8, recipe 256" in done.stderr
+    assert "train.steps: run 2, recipe 20000" in done.stderr
+    both = subprocess.run([sys.executable, str(SCRIPT), "--only", "ring", "grid", "--checkpoint",
+                           str(tmp_path / "other")], capture_output=True, text=True, timeout=120)
+    assert both.returncode == 2 and "one --only model" in both.stderr
