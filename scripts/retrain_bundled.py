@@ -89,8 +89,7 @@ def train_and_measure(name: str, runs: Path, data: str | None, objective: str | 
     return out, config.to_dict(), time.perf_counter() - started
 
 
-def finished_run(name: str, checkpoint: Path, data: str | None
-                 ) -> tuple[Path, dict[str, Any], float]:
+def finished_run(name: str, checkpoint: Path) -> tuple[Path, dict[str, Any], float]:
     """A finished run of `name`'s recipe, as `train_and_measure` returns it: refused unless its
     config is the recipe's (data folder and device aside) and it reached the recipe's steps.
     Its seconds are its steps over its last logged rate (the training loop's own time)."""
@@ -98,7 +97,7 @@ def finished_run(name: str, checkpoint: Path, data: str | None
     from ebgen.presets import preset_config
 
     preset, overrides, _ = BUNDLED[name]
-    recipe = preset_config(preset, **overrides, **({"path": data} if data else {})).to_dict()
+    recipe = preset_config(preset, **overrides).to_dict()
     meta = read_meta(checkpoint)
     run = {part: dict(meta[part]) for part in ("model", "data", "train")}
     for config in (recipe, run):
@@ -128,8 +127,9 @@ def rebuild(name: str, runs: Path, data: str | None, compare_gan: bool,
 
         pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
         gan_job = pool.submit(train_and_measure, name, runs, data, "gan", False, 1)
-    if checkpoint is not None:
-        checkpoint, config, seconds = finished_run(name, checkpoint, data)
+    trained_here = checkpoint is None
+    if not trained_here:
+        checkpoint, config, seconds = finished_run(name, checkpoint)
     else:
         checkpoint, config, seconds = train_and_measure(name, runs, data,
                                                         threads=1 if compare_gan else None)
@@ -157,11 +157,13 @@ def rebuild(name: str, runs: Path, data: str | None, compare_gan: bool,
     import torch
 
     config["data"]["path"] = None  # this machine's folder: the command says MNIST_DIR
+    # A packaged run's device and threads are not on record: this process's would be a guess.
+    device = str(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = {"name": name, "data": BUNDLED[name][2], "command": command_line(name),
-              "train_seconds": round(seconds, 1), "device": str(torch.device(
-                  "cuda" if torch.cuda.is_available() else "cpu")),
-              "torch_threads": torch.get_num_threads(), "ebgen_version": ebgen.__version__,
-              "config": config}
+              "train_seconds": round(seconds, 1),
+              "device": device if trained_here else None,
+              "torch_threads": torch.get_num_threads() if trained_here else None,
+              "ebgen_version": ebgen.__version__, "config": config}
     (target / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     (target / "quality.json").write_text(json.dumps(quality, indent=2) + "\n")
     return {"name": name, "train_seconds": round(seconds, 1), **quality}
