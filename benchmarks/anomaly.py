@@ -17,6 +17,7 @@ overall; writes every figure to --json. scikit-learn is a dev dependency only.
     python benchmarks/anomaly.py --jobs 2 --json runs/anomaly.json
     python benchmarks/anomaly.py --sets breast_cancer --steps 500          # quick
     python benchmarks/anomaly.py --set energy_width=128 --set steps=3000   # an ebgen variant
+    python benchmarks/anomaly.py --seed 0 1 2 --jobs 2       # each task's mean over three seeds
 """
 from __future__ import annotations
 
@@ -127,11 +128,13 @@ def run_task(job: tuple[dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]], metric: str) -> str:
-    """Markdown: one row per task, then the mean per data set and over every task."""
+    """Markdown: one row per task (the mean over its seeds), then the mean per data set and
+    over the sets."""
     lines = ["| task | " + " | ".join(DETECTORS) + " |", "|" + "---|" * (len(DETECTORS) + 1)]
     cell = lambda group, d: f"{np.mean([r[d][metric] for r in group]):.3f}"
-    for r in rows:
-        lines.append(f"| {r['task']} | " + " | ".join(cell([r], d) for d in DETECTORS) + " |")
+    for task in dict.fromkeys(r["task"] for r in rows):  # a task's seeds, averaged
+        group = [r for r in rows if r["task"] == task]
+        lines.append(f"| {task} | " + " | ".join(cell(group, d) for d in DETECTORS) + " |")
     for name in dict.fromkeys(r["task"].split("/")[0] for r in rows):
         group = [r for r in rows if r["task"].split("/")[0] == name]
         if len(group) > 1:
@@ -150,7 +153,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="digits,breast_cancer")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="one run of every task per seed (its split and ebgen's training); "
+                             "the tables average them")
     parser.add_argument("--steps", type=int, default=None, help="(default: the preset's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an ebgen config override (repeatable)")
@@ -165,13 +170,15 @@ def main() -> None:
         overrides = {k: parse_value(v) for k, _, v in (s.partition("=") for s in args.set)}
         if args.steps is not None:
             overrides["steps"] = args.steps
-        jobs = [(t, overrides, args.seed) for t in tasks(args.sets.split(","), args.seed)]
+        jobs = [(t, overrides, seed) for seed in dict.fromkeys(args.seed)
+                for t in tasks(args.sets.split(","), seed)]
         with mp.get_context("spawn").Pool(args.jobs) as pool:
             rows = pool.map(run_task, jobs, chunksize=1)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
     seconds = [r["ebgen_seconds"] for r in rows if "ebgen_seconds" in r]
-    print(f"ebgen overrides: {rows[0]['overrides'] or 'none'}; training "
+    seeds = ", ".join(map(str, dict.fromkeys(r["seed"] for r in rows)))
+    print(f"ebgen overrides: {rows[0]['overrides'] or 'none'}; seeds {seeds}; training "
           f"{np.mean(seconds):.0f} s a task on one thread\n\nAUROC\n\n{table(rows, 'auroc')}"
           f"\n\nAUPRC\n\n{table(rows, 'auprc')}")
 

@@ -241,3 +241,30 @@ def test_heldout_class_benchmark_smoke(tmp_path: Path) -> None:
     assert (run["digit"], run["objective"], run["steps"]) == (3, "ddgm", 3)
     assert 0.0 <= run["energy"]["auprc"] <= 1.0 and 0.0 <= run["pca"]["auprc"] <= 1.0
     assert run["num_anomalous"] > 0 and (tmp_path / "runs" / "digit_3" / "config.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "benchmarks" / "anomaly.py").is_file(),
+                    reason="needs the source checkout")
+def test_anomaly_benchmark_averages_seeds_per_task(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    script = str(ROOT / "benchmarks" / "anomaly.py")
+    command = [sys.executable, script, "--sets", "breast_cancer", "--steps", "3",
+               "--seed", "0", "1", "--jobs", "2", "--json", str(tmp_path / "rows.json")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    assert [r["task"] for r in rows] == ["breast_cancer"] * 2
+    assert rows[0]["num_train"] == rows[1]["num_train"] == 285
+    # Each seed draws its own split, so the baselines differ between seeds.
+    assert rows[0]["gaussian"]["auroc"] != rows[1]["gaussian"]["auroc"]
+    reprinted = subprocess.run([sys.executable, script, "--from-json", str(tmp_path / "rows.json")],
+                               capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert reprinted.returncode == 0, reprinted.stderr[-2000:]
+    assert "seeds 0, 1" in reprinted.stdout
+    auroc_table = reprinted.stdout.split("AUROC")[1].split("AUPRC")[0]
+    (line,) = [l for l in auroc_table.splitlines() if l.startswith("| breast_cancer |")]
+    cells = dict(zip(["ebgen", "isolation_forest", "lof", "gaussian", "pca"],
+                     (c.strip() for c in line.split("|")[2:-1])))
+    assert cells["gaussian"] == f"{np.mean([r['gaussian']['auroc'] for r in rows]):.3f}"
