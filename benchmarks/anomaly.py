@@ -137,7 +137,7 @@ def table(rows: list[dict[str, Any]], metric: str) -> str:
         lines.append(f"| {task} | " + " | ".join(cell(group, d) for d in DETECTORS) + " |")
     for name in dict.fromkeys(r["task"].split("/")[0] for r in rows):
         group = [r for r in rows if r["task"].split("/")[0] == name]
-        if len(group) > 1:
+        if len({r["task"] for r in group}) > 1:  # a set of several tasks
             lines.append(f"| **{name} mean** | " + " | ".join(cell(group, d) for d in DETECTORS)
                          + " |")
     sets = [[r for r in rows if r["task"].split("/")[0] == n]
