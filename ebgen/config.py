@@ -204,6 +204,9 @@ class TrainConfig:
                                                       "--score-matching-std to this over the "
                                                       "steps score matching runs (none: "
                                                       "constant).")
+    score_matching_std_min: float | None = opt(None, "Multi-scale denoising: draw each row's "
+                                                    "noise std log-uniformly between this and "
+                                                    "--score-matching-std (none: one std).")
     score_matching_kind: str = opt("denoising", "denoising (Vincent 2011, noise of "
                                                 "--score-matching-std) or exact (no noise, the "
                                                 "Laplacian of E: low-D only; the wells get the "
@@ -289,10 +292,17 @@ class TrainConfig:
         if self.score_matching_kind not in ("denoising", "exact"):
             raise EbgenError(f"score_matching_kind must be 'denoising' or 'exact', got "
                              f"{self.score_matching_kind!r}")
-        for name in ("score_matching_std", "score_matching_std_final"):
+        for name in ("score_matching_std", "score_matching_std_final", "score_matching_std_min"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise EbgenError(f"{name} must be > 0, got {value}")
+        if self.score_matching_std_min is not None:
+            if self.score_matching_std_min >= self.score_matching_std:
+                raise EbgenError(f"score_matching_std_min ({self.score_matching_std_min}) must be "
+                                 f"below score_matching_std ({self.score_matching_std})")
+            if self.score_matching_std_final is not None or self.score_matching_kind == "exact":
+                raise EbgenError("score_matching_std_min (multi-scale noise) goes with neither "
+                                 "score_matching_std_final nor score_matching_kind 'exact'")
         if self.steps < 0 or self.batch_size < 2:
             raise EbgenError("steps must be >= 0 and batch size >= 2 (batch norm needs 2)")
 

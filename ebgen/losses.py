@@ -173,12 +173,16 @@ def gradient_penalty(grad_data: torch.Tensor) -> torch.Tensor:
     return 0.5 * grad_data.flatten(1).pow(2).sum(1).mean()
 
 
-def score_matching(grad_noisy: torch.Tensor, noise: torch.Tensor, std: float) -> torch.Tensor:
+def score_matching(grad_noisy: torch.Tensor, noise: torch.Tensor, std: float | torch.Tensor
+                   ) -> torch.Tensor:
     """Denoising score matching (Vincent 2011) of E at x̃ = x + std·ε, scaled by std².
 
     ½ mean ‖std·∇E(x̃) − ε‖²: minimised when ∇E is the score of the data smoothed by N(0, std²).
     It shapes each energy well (its width) where the contrastive DDGM term only fixes where the
     wells are; being local, it cannot tell how deep separated wells are (`calibration_loss`).
+
+    `std` may hold one value per row (multi-scale noise): each row's term is then scaled by its
+    own std², the weighting that gives every noise level a like share (Song & Ermon 2019).
     """
     return 0.5 * (std * grad_noisy - noise).flatten(1).pow(2).sum(1).mean()
 

@@ -270,3 +270,24 @@ def test_anomaly_benchmark_averages_seeds_per_task(tmp_path: Path) -> None:
     cells = dict(zip((c.strip() for c in header.split("|")[2:-1]),
                      (c.strip() for c in line.split("|")[2:-1])))
     assert cells["gaussian"] == f"{np.mean([r['gaussian']['auroc'] for r in rows]):.3f}"
+
+
+@pytest.mark.skipif(not (ROOT / "benchmarks" / "anomaly.py").is_file(),
+                    reason="needs the source checkout")
+def test_anomaly_benchmark_holds_each_class_of_the_small_sets_out_in_turn() -> None:
+    pytest.importorskip("sklearn")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("anomaly_benchmark",
+                                                  ROOT / "benchmarks" / "anomaly.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = module.tasks(["iris", "wine"], seed=0)
+    assert [t["task"] for t in found] == ["iris/0", "iris/1", "iris/2",
+                                          "wine/0", "wine/1", "wine/2"]
+    iris_sizes = [(len(t["train"]), len(t["normal"]), len(t["anomalous"])) for t in found[:3]]
+    assert iris_sizes == [(80, 20, 50)] * 3  # 80 % of the other two species, then the rest
+    wine_dims = {t["train"].shape[1] for t in found[3:]}
+    assert wine_dims == {13} and sum(len(t["anomalous"]) for t in found[3:]) == 178
+    with pytest.raises(SystemExit, match="expected digits, breast_cancer, wine or iris"):
+        module.tasks(["cifar"], seed=0)

@@ -18,7 +18,7 @@ from ebgen.losses import (calibration_loss, gradient_penalty, importance_weights
 from ebgen.mutual_info import StatisticsNetwork, jsd_mutual_information
 from ebgen.names import METRICS_FILE
 from ebgen.train import Trainer, train
-from ebgen.train.energy_terms import TermWeights, energy_terms
+from ebgen.train.energy_terms import TermWeights, energy_terms, noise_stds
 
 
 @pytest.mark.parametrize("std", [0.05, 1.0])
@@ -59,6 +59,37 @@ def test_score_matching_is_zero_exactly_for_the_smoothed_density():
         losses[width] = score_matching(input_gradients(energy, noisy), noise, std).item()
     assert losses[0.1] == pytest.approx(0.0, abs=1e-10)
     assert losses[0.05] > 0.1 and losses[0.2] > 0.1
+
+
+def test_multi_scale_noise_is_log_uniform_and_each_row_meets_its_own_target():
+    torch.manual_seed(0)
+    stds = noise_stds(0.01, 1.0, torch.zeros(20000, 3))
+    assert stds.shape == (20000, 1) and stds.min() >= 0.01 and stds.max() <= 1.0
+    # log-uniform: log10 std is uniform on [-2, 0], so its median is -1, a quarter below -1.5
+    logs = stds.log10().flatten()
+    assert logs.median().item() == pytest.approx(-1.0, abs=0.03)
+    assert (logs < -1.5).float().mean().item() == pytest.approx(0.25, abs=0.02)
+    # Per-row std: the loss is the mean of each row's own single-std loss
+    noise = torch.randn(6, 2)
+    rows = torch.tensor([0.05, 0.1, 0.2, 0.05, 0.1, 0.2]).unsqueeze(1)
+    noisy = (rows * noise).requires_grad_()
+    grad = input_gradients(0.5 * noisy.pow(2).sum(1) / 0.1 ** 2, noisy)
+    each = [score_matching(grad[i:i + 1], noise[i:i + 1], rows[i].item()) for i in range(6)]
+    assert score_matching(grad, noise, rows).item() == pytest.approx(
+        torch.stack(each).mean().item(), rel=1e-6)
+    assert each[1].item() == pytest.approx(0.0, abs=1e-10)  # the row whose std is the well's
+
+
+def test_multi_scale_noise_enters_the_energy_step_and_is_checked(tmp_path):
+    single = _energy_loss_after_one_step(tmp_path, score_matching=1.0)
+    assert _energy_loss_after_one_step(tmp_path, score_matching=1.0,
+                                       score_matching_std_min=0.001) != single
+    for bad, message in [(dict(score_matching_std_min=0.02), "must be below"),
+                         (dict(score_matching_std_min=-1.0), "must be > 0"),
+                         (dict(score_matching_std_min=0.001, score_matching_kind="exact"),
+                          "goes with neither")]:
+        with pytest.raises(EbgenError, match=message):
+            preset_config("toy2d", score_matching_std=0.01, **bad)
 
 
 def test_importance_weights_favour_the_deeper_well_and_cap_strays():

@@ -75,6 +75,13 @@ def annealed_noise_std(cfg: TrainConfig, step: int) -> float | None:
                                             - cfg.score_matching_std)
 
 
+def noise_stds(low: float, high: float, rows: torch.Tensor) -> torch.Tensor:
+    """Multi-scale denoising (Li et al. 2019): one noise std per row of `rows`, drawn
+    log-uniformly from [low, high], shaped to broadcast over the row's features."""
+    u = torch.rand(len(rows), *([1] * (rows.dim() - 1)), device=rows.device)
+    return low * (high / low) ** u
+
+
 def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
                  cfg: TrainConfig, weights: TermWeights,
                  energy_samples: torch.Tensor | None = None) -> EnergyStep:
@@ -92,6 +99,8 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     if sm > 0:  # a random batch, so its first rows are a random subset
         noisy = x[:max(1, round(cfg.score_matching_share * n))]
         noise = torch.randn_like(noisy)
+        if cfg.score_matching_std_min is not None:  # one std per row, log-uniform
+            noise_std = noise_stds(cfg.score_matching_std_min, noise_std, noisy)
         graded.append(noisy if exact else noisy + noise_std * scale * noise)
     # Rows that need no ∇ₓE share one forward pass: data (unless R1 grades them), the samples
     # (unless given) and the likelihood's proposal points.
