@@ -21,6 +21,7 @@ overall; writes every figure to --json. scikit-learn is a dev dependency only.
     python benchmarks/anomaly.py --sets breast_cancer --steps 500          # quick
     python benchmarks/anomaly.py --set energy_width=128 --set steps=3000   # an ebgen variant
     python benchmarks/anomaly.py --seed 0 1 2 --jobs 2       # each task's mean over three seeds
+    python benchmarks/anomaly.py --set energy_members=3      # an ensemble, and its members alone
 """
 from __future__ import annotations
 
@@ -67,8 +68,9 @@ def tasks(sets: list[str], seed: int) -> list[dict[str, Any]]:
 
 
 def ebgen_scores(task: dict[str, Any], overrides: dict[str, Any], seed: int
-                 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Train the tabular preset on the task's training points; energies of normal/anomalous."""
+                 ) -> tuple[np.ndarray, np.ndarray, float, list[tuple[np.ndarray, np.ndarray]]]:
+    """Train the tabular preset on the task's training points; energies of normal/anomalous,
+    the training seconds, and (an ensemble, `energy_members`) each member's energies alone."""
     import torch
 
     from ebgen.checkpoint import load_checkpoint
@@ -87,8 +89,11 @@ def ebgen_scores(task: dict[str, Any], overrides: dict[str, Any], seed: int
         train(config, Path(out) / "run", progress=False)
         seconds = time.perf_counter() - start
         _, energy, _, _ = load_checkpoint(Path(out) / "run")
+        scores = [energy_function(net, torch.device("cpu"))
+                  for net in getattr(energy, "members", [])]
         score = energy_function(energy, torch.device("cpu"))
-        return score(task["normal"]), score(task["anomalous"]), seconds
+        return (score(task["normal"]), score(task["anomalous"]), seconds,
+                [(s(task["normal"]), s(task["anomalous"])) for s in scores])
 
 
 def baseline_scores(task: dict[str, Any], detector: str, seed: int
@@ -127,7 +132,11 @@ def run_task(job: tuple[dict[str, Any], dict[str, Any], int]) -> dict[str, Any]:
                            "num_train": len(task["train"]), "overrides": overrides}
     for detector in DETECTORS:
         if detector == "ebgen":
-            normal, anomalous, row["ebgen_seconds"] = ebgen_scores(task, overrides, seed)
+            normal, anomalous, row["ebgen_seconds"], members = ebgen_scores(task, overrides,
+                                                                            seed)
+            if members:  # an ensemble: its members alone, beside it
+                row["ebgen_members"] = [{"auroc": auroc(*m), "auprc": auprc(*m)}
+                                        for m in members]
         else:
             normal, anomalous = baseline_scores(task, detector, seed)
         row[detector] = {"auroc": auroc(normal, anomalous), "auprc": auprc(normal, anomalous)}
@@ -153,6 +162,18 @@ def table(rows: list[dict[str, Any]], metric: str) -> str:
     lines.append("| **mean of the sets** | " + " | ".join(f"{means[d]:.3f}" for d in DETECTORS)
                  + " |")
     return "\n".join(lines)
+
+
+def _members_line(rows: list[dict[str, Any]]) -> str:
+    """The mean AUROC of the sets for each ensemble member alone, against the ensemble's."""
+    sets = [[r for r in rows if r["task"].split("/")[0] == n]
+            for n in dict.fromkeys(r["task"].split("/")[0] for r in rows)]
+    of_sets = lambda value: np.mean([np.mean([value(r) for r in g]) for g in sets])
+    alone = [of_sets(lambda r, i=i: r["ebgen_members"][i]["auroc"])
+             for i in range(len(rows[0]["ebgen_members"]))]
+    return (f"ensemble members alone, mean AUROC of the sets: "
+            f"{', '.join(f'{a:.3f}' for a in alone)} (their mean {np.mean(alone):.3f}); "
+            f"the ensemble {of_sets(lambda r: r['ebgen']['auroc']):.3f}")
 
 
 def main() -> None:
@@ -183,6 +204,9 @@ def main() -> None:
             rows = pool.map(run_task, jobs, chunksize=1)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
+    members = [r for r in rows if "ebgen_members" in r]
+    if members:  # the ensemble's members, each alone: the mean of the sets, member by member
+        print(_members_line(members))
     seconds = [r["ebgen_seconds"] for r in rows if "ebgen_seconds" in r]
     seeds = ", ".join(map(str, dict.fromkeys(r["seed"] for r in rows)))
     print(f"ebgen overrides: {rows[0]['overrides'] or 'none'}; seeds {seeds}; training "

@@ -60,6 +60,10 @@ class ModelConfig:
     energy_width: int = opt(128, "Energy: MLP hidden units, or base conv channels.")
     generator_width: int = opt(128, "Generator: MLP hidden units, or base conv channels.")
     depth: int = opt(3, "Points: MLP hidden layers of both nets.")
+    energy_members: int = opt(1, "An ensemble: K energy nets, each from its own initial "
+                                 "draw and trained as if alone; the energy is their mean "
+                                 "(steadier anomaly rankings from run to run; K times the "
+                                 "energy's cost). 1 = one net.")
     noise_std: float = opt(0.01, "Noise on the generator's hidden pre-activations (training).")
     energy_activation: str = opt("leaky_relu", "The energy's hidden activation: leaky_relu "
                                                "(piecewise linear: each well is a cone, with "
@@ -117,8 +121,8 @@ class ModelConfig:
                              f"{self.energy_activation!r}")
         if self.latent not in ("uniform", "normal"):
             raise EbgenError(f"latent must be 'uniform' or 'normal', got {self.latent!r}")
-        if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1:
-            raise EbgenError("z_dim, num_experts and depth must be positive")
+        if self.z_dim < 1 or self.num_experts < 1 or self.depth < 1 or self.energy_members < 1:
+            raise EbgenError("z_dim, num_experts, depth and energy_members must be positive")
         if self.fourier_features < 0 or (self.fourier_features and self.kind != "points"):
             raise EbgenError(f"fourier_features needs a points model and must be >= 0, "
                              f"got {self.fourier_features}")

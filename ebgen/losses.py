@@ -188,8 +188,9 @@ def score_matching(grad_noisy: torch.Tensor, noise: torch.Tensor, std: float | t
 
 
 def exact_score_matching(grad_u: torch.Tensor, inputs: torch.Tensor, scale: torch.Tensor | float,
-                         rows: int, std: float) -> torch.Tensor:
-    """Score matching without noise (Hyvärinen 2005) on the last `rows` rows, scaled by std².
+                         rows: int | torch.Tensor, std: float) -> torch.Tensor:
+    """Score matching without noise (Hyvärinen 2005) on the last `rows` rows (or the rows
+    `rows` indexes), scaled by std².
 
     std² · mean(½‖∇ᵤE‖² − Δᵤ E) in the standardised coordinates u: minimised when −∇E is the
     data's own score, so the wells get the data's width (denoising score matching fits the
@@ -198,10 +199,11 @@ def exact_score_matching(grad_u: torch.Tensor, inputs: torch.Tensor, scale: torc
     means for `score_matching` (which is std² times this, plus a constant, for small std).
     `grad_u` is `input_gradients(...) · scale` over all of `inputs`.
     """
-    laplacian = torch.zeros(rows, device=inputs.device)
+    pick = slice(-rows, None) if isinstance(rows, int) else rows
+    laplacian = 0.0
     scale = torch.as_tensor(scale, device=inputs.device).expand(grad_u.shape[1])
     for d in range(grad_u.shape[1]):
         (second,) = torch.autograd.grad(grad_u[:, d].sum(), inputs, create_graph=True)
-        laplacian = laplacian + scale[d] * second[-rows:, d]
-    g = grad_u[-rows:]
+        laplacian = laplacian + scale[d] * second[pick, d]
+    g = grad_u[pick]
     return std ** 2 * (0.5 * g.pow(2).sum(1) - laplacian).mean()

@@ -218,8 +218,12 @@ class Generator(nn.Module):
         return [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def build_models(config: ModelConfig) -> tuple[EnergyModel, Generator]:
-    """A fresh (energy, generator) pair for `config`."""
+def build_models(config: ModelConfig) -> tuple[nn.Module, Generator]:
+    """A fresh (energy, generator) pair for `config`: the energy an `EnergyModel`, or with
+    `energy_members` > 1 an `EnergyEnsemble` of them."""
+    if config.energy_members > 1:
+        from .ensemble import EnergyEnsemble
+        return EnergyEnsemble(config), Generator(config)
     return EnergyModel(config), Generator(config)
 
 

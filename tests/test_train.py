@@ -194,12 +194,14 @@ def test_sigkill_at_a_random_moment_leaves_a_resumable_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--energy-members", "2"]], ids=["one", "ensemble"])
+def test_torchrun_two_processes_on_cpu(tmp_path, extra):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_port", str(free_port()), "-m", "ebgen.cli.main", "train",
-                             "--preset", "tiny", "--steps", "10", "--quiet", "--out", str(out)],
+                             "--preset", "tiny", "--steps", "10", "--quiet", "--out", str(out),
+                             *extra],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("checkpoint in") == 1  # rank 0 speaks for the run

@@ -27,6 +27,7 @@ import torch
 
 from ebgen.checkpoint import unwrap
 from ebgen.config import TrainConfig
+from ebgen.ensemble import num_members
 from ebgen.losses import (calibration_loss, energy_loss, exact_score_matching,
                           gan_discriminator_loss, gradient_penalty, input_gradients,
                           kde_proposal, likelihood_loss, score_matching)
@@ -88,10 +89,14 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     """The energy step's terms for data `x` and detached samples `x_fake`.
 
     Given `energy_samples` (E(x_fake), detached: the caller supplies their gradient), the
-    samples are not run through the energy again; the terms' values are the same.
+    samples are not run through the energy again; the terms' values are the same. An ensemble
+    (`ebgen.ensemble`) of K members scores every row once per member, K copies of the rows
+    with `split=True`, and each term is the mean of the members' own terms, so each member
+    trains as it would alone; the energies returned are the members' mean.
     """
     net = unwrap(energy)
     standardise, scale = net.affine.standardise, net.input_scale
+    k = num_members(net)
     n, r1, sm = len(x), weights.r1, weights.score_matching
     exact = cfg.score_matching_kind == "exact"
     noise_std = weights.score_matching_std or cfg.score_matching_std
@@ -111,39 +116,62 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     if likelihood:
         y, log_q = kde_proposal(standardise(x), n, k=cfg.entropy_neighbours)
         plain["proposal"] = net.affine.restore(y)
-    energies: dict[str, torch.Tensor] = {}
+    energies: dict[str, torch.Tensor] = {}  # each (members, rows)
     if plain:
         sizes = [len(rows) for rows in plain.values()]
-        energies = dict(zip(plain, energy(torch.cat(list(plain.values()))).split(sizes)))
+        rows = _per_member(torch.cat(list(plain.values())), k)
+        energies = dict(zip(plain, _score(energy, rows, k).view(k, -1).split(sizes, dim=1)))
     if graded:
-        inputs = torch.cat(graded).requires_grad_(True)
-        graded_energies = energy(inputs)
-        grad = input_gradients(graded_energies, inputs) * scale  # ∇ᵤE
-    energy_data = graded_energies[:n] if r1 > 0 else energies["data"]
+        inputs = _per_member(torch.cat(graded), k).requires_grad_(True)
+        graded_energies = _score(energy, inputs, k).view(k, -1)
+        grad = input_gradients(graded_energies, inputs) * scale  # ∇ᵤE, each member's own
+        grad_by_member = grad.view(k, -1, *grad.shape[1:])
+    energy_data = graded_energies[:, :n] if r1 > 0 else energies["data"]
     if energy_samples is None:
         energy_samples = energies["samples"]
     terms: dict[str, torch.Tensor] = {}
-    if cfg.objective == "ddgm":
+    if cfg.objective == "ddgm":  # linear in E: the members' mean contrast
         terms["contrast"] = energy_loss(energy_data, energy_samples)
         if weights.calibration > 0:
-            terms["calibration"] = weights.calibration * calibration_loss(
-                energy_data, standardise(x), cfg.entropy_neighbours)
+            u = standardise(x)
+            terms["calibration"] = weights.calibration * _mean(
+                calibration_loss(e, u, cfg.entropy_neighbours) for e in energy_data)
         if likelihood:
-            terms["likelihood"] = weights.likelihood * likelihood_loss(
-                energy_data, energies["proposal"], log_q)
+            terms["likelihood"] = weights.likelihood * _mean(
+                likelihood_loss(e, e_proposal, log_q)
+                for e, e_proposal in zip(energy_data, energies["proposal"]))
     else:
         terms["contrast"] = gan_discriminator_loss(energy_data, energy_samples)
     if r1 > 0:
-        terms["r1"] = r1 * gradient_penalty(grad[:n])
+        terms["r1"] = r1 * gradient_penalty(grad_by_member[:, :n].flatten(0, 1))
     if sm > 0 and exact:
-        terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale, len(noise),
-                                                            noise_std)
+        rows = torch.arange(len(inputs), device=inputs.device).view(k, -1)[:, -len(noise):]
+        terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale,
+                                                            rows.flatten(), noise_std)
     elif sm > 0:
-        terms["score_matching"] = sm * score_matching(grad[-len(noise):], noise, noise_std)
+        std = _per_member(noise_std, k) if torch.is_tensor(noise_std) else noise_std
+        terms["score_matching"] = sm * score_matching(
+            grad_by_member[:, -len(noise):].flatten(0, 1), _per_member(noise, k), std)
     if cfg.energy_magnitude > 0:
         terms["magnitude"] = cfg.energy_magnitude * (energy_data.pow(2).mean()
                                                      + energy_samples.pow(2).mean())
-    return EnergyStep(terms, energy_data, energy_samples)
+    return EnergyStep(terms, energy_data.mean(0), energy_samples.mean(0)
+                      if energy_samples.dim() > 1 else energy_samples)
+
+
+def _per_member(rows: torch.Tensor, members: int) -> torch.Tensor:
+    """`rows` once per member (members = 1: the rows themselves)."""
+    return rows if members == 1 else rows.repeat(members, *([1] * (rows.dim() - 1)))
+
+
+def _score(energy: torch.nn.Module, rows: torch.Tensor, members: int) -> torch.Tensor:
+    """E of `rows` (from `_per_member`): each member scores its own copy."""
+    return energy(rows) if members == 1 else energy(rows, split=True)
+
+
+def _mean(values) -> torch.Tensor:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
