@@ -204,14 +204,14 @@ def main() -> None:
             rows = pool.map(run_task, jobs, chunksize=1)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
-    members = [r for r in rows if "ebgen_members" in r]
-    if members:  # the ensemble's members, each alone: the mean of the sets, member by member
-        print(_members_line(members))
     seconds = [r["ebgen_seconds"] for r in rows if "ebgen_seconds" in r]
     seeds = ", ".join(map(str, dict.fromkeys(r["seed"] for r in rows)))
     print(f"ebgen overrides: {rows[0]['overrides'] or 'none'}; seeds {seeds}; training "
           f"{np.mean(seconds):.0f} s a task on one thread\n\nAUROC\n\n{table(rows, 'auroc')}"
           f"\n\nAUPRC\n\n{table(rows, 'auprc')}")
+    members = [r for r in rows if "ebgen_members" in r]
+    if members:  # the ensemble's members, each alone: the mean of the sets, member by member
+        print("\n" + _members_line(members))
 
 
 if __name__ == "__main__":

@@ -270,6 +270,9 @@ def test_anomaly_benchmark_averages_seeds_per_task(tmp_path: Path) -> None:
     cells = dict(zip((c.strip() for c in header.split("|")[2:-1]),
                      (c.strip() for c in line.split("|")[2:-1])))
     assert cells["gaussian"] == f"{np.mean([r['gaussian']['auroc'] for r in rows]):.3f}"
+    # The preset's ensemble: each member's own AUROC is kept beside the ensemble's
+    assert all(len(r["ebgen_members"]) == 3 for r in rows)
+    assert "ensemble members alone, mean AUROC of the sets" in reprinted.stdout
 
 
 @pytest.mark.skipif(not (ROOT / "benchmarks" / "anomaly.py").is_file(),
