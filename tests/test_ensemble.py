@@ -21,7 +21,7 @@ from ebgen.metrics.points import grid_log_z
 from ebgen.models import EnergyModel, build_models
 from ebgen.presets import preset_config
 from ebgen.train import train
-from train.energy_terms import TermWeights, energy_terms
+from ebgen.train.energy_terms import TermWeights, energy_terms
 
 
 def _config(members: int = 3, **overrides):
