@@ -156,24 +156,26 @@ def table(rows: list[dict[str, Any]], metric: str) -> str:
         if len({r["task"] for r in group}) > 1:  # a set of several tasks
             lines.append(f"| **{name} mean** | " + " | ".join(cell(group, d) for d in DETECTORS)
                          + " |")
-    sets = [[r for r in rows if r["task"].split("/")[0] == n]
-            for n in dict.fromkeys(r["task"].split("/")[0] for r in rows)]
-    means = {d: np.mean([np.mean([r[d][metric] for r in g]) for g in sets]) for d in DETECTORS}
+    means = {d: mean_of_sets(rows, lambda r, d=d: r[d][metric]) for d in DETECTORS}
     lines.append("| **mean of the sets** | " + " | ".join(f"{means[d]:.3f}" for d in DETECTORS)
                  + " |")
     return "\n".join(lines)
 
 
+def mean_of_sets(rows: list[dict[str, Any]], value) -> float:
+    """The mean over data sets of each set's mean `value(row)` (a set: the tasks before '/')."""
+    names = dict.fromkeys(r["task"].split("/")[0] for r in rows)
+    return float(np.mean([np.mean([value(r) for r in rows if r["task"].split("/")[0] == n])
+                          for n in names]))
+
+
 def _members_line(rows: list[dict[str, Any]]) -> str:
     """The mean AUROC of the sets for each ensemble member alone, against the ensemble's."""
-    sets = [[r for r in rows if r["task"].split("/")[0] == n]
-            for n in dict.fromkeys(r["task"].split("/")[0] for r in rows)]
-    of_sets = lambda value: np.mean([np.mean([value(r) for r in g]) for g in sets])
-    alone = [of_sets(lambda r, i=i: r["ebgen_members"][i]["auroc"])
+    alone = [mean_of_sets(rows, lambda r, i=i: r["ebgen_members"][i]["auroc"])
              for i in range(len(rows[0]["ebgen_members"]))]
     return (f"ensemble members alone, mean AUROC of the sets: "
             f"{', '.join(f'{a:.3f}' for a in alone)} (their mean {np.mean(alone):.3f}); "
-            f"the ensemble {of_sets(lambda r: r['ebgen']['auroc']):.3f}")
+            f"the ensemble {mean_of_sets(rows, lambda r: r['ebgen']['auroc']):.3f}")
 
 
 def main() -> None:

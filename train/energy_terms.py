@@ -145,9 +145,9 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     if r1 > 0:
         terms["r1"] = r1 * gradient_penalty(grad_by_member[:, :n].flatten(0, 1))
     if sm > 0 and exact:
-        rows = torch.arange(len(inputs), device=inputs.device).view(k, -1)[:, -len(noise):]
+        noisy_rows = torch.arange(len(inputs), device=inputs.device).view(k, -1)[:, -len(noise):]
         terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale,
-                                                            rows.flatten(), noise_std)
+                                                            noisy_rows.flatten(), noise_std)
     elif sm > 0:
         std = _per_member(noise_std, k) if torch.is_tensor(noise_std) else noise_std
         terms["score_matching"] = sm * score_matching(
