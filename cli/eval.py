@@ -23,10 +23,17 @@ from .options import device_option, json_option, seed_option
 @click.option("--plots", "plots_dir", default=None, metavar="DIR",
               help="Write pictures to DIR: samples (over the energy landscape for 2-D) and a "
                    "histogram of energies of data, samples and noise (images and 2-D points).")
+@click.option("--refine-steps", type=click.IntRange(0), default=0, show_default=True,
+              help="Refine the generator's samples first: latent-space MALA steps on "
+                   "E(G(z)) + the latent's prior, as `ebgen generate --refine-steps` (needs "
+                   "the model's PyTorch weights and torch).")
+@click.option("--refine-step-size", type=click.FloatRange(0, min_open=True), default=0.05,
+              show_default=True, help="The MALA step size (as `ebgen generate`'s).")
 @seed_option()
 @device_option()
 @json_option()
-def eval_command(model, num_samples, path, anomaly, plots_dir, seed, device, as_json) -> None:
+def eval_command(model, num_samples, path, anomaly, plots_dir, refine_steps, refine_step_size,
+                 seed, device, as_json) -> None:
     """Measure a model: a checkpoint, a model directory or a bundled model name.
 
     Points models, for the generator's samples and for exact samples of exp(−E) (2-D, drawn
@@ -45,11 +52,13 @@ def eval_command(model, num_samples, path, anomaly, plots_dir, seed, device, as_
       ebgen eval runs/ring
       ebgen eval ring --plots plots/ring
       ebgen eval mnist --data ~/data/mnist --anomaly --json
+      ebgen eval mnist --data ~/data/mnist --refine-steps 30
     """
     from ebgen.eval import evaluate, format_report
 
     if num_samples is not None and num_samples < 2:
         raise click.UsageError("--num-samples must be at least 2")
     report = evaluate(model, num_samples=num_samples, data_path=path, seed=seed,
-                      device=device, anomaly=anomaly, plots_dir=plots_dir)
+                      device=device, anomaly=anomaly, plots_dir=plots_dir,
+                      refine_steps=refine_steps, refine_step_size=refine_step_size)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

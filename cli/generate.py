@@ -24,7 +24,8 @@ from .options import device_option, model_arguments, pick_model, seed_option
               help="Latent-space MALA steps on E(G(z)) + the latent's prior before decoding "
                    "(Kumar et al. 2019; needs the model's PyTorch weights and torch).")
 @click.option("--refine-step-size", type=click.FloatRange(0, min_open=True), default=0.05,
-              show_default=True, help="The MALA step size in latent units.")
+              show_default=True, help="The MALA step size, in the units of the standard normal "
+              "variable behind the latent (a uniform latent is 2Φ(u) − 1 of it).")
 @device_option()
 def generate_command(model, model_option, num_samples, seed, out, grid, fmt, refine_steps,
                      refine_step_size, device) -> None:
@@ -40,7 +41,7 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, ref
       ebgen generate models/tiny -n 16 --seed 0 --out samples/
       ebgen generate models/tiny -n 64 --out grid.png
       ebgen generate models/tiny -n 1000 --format npy --out samples.npy
-      ebgen generate --model grid -n 1000 --refine-steps 20 --out grid.npy
+      ebgen generate -n 64 --refine-steps 30 --out refined.png
     """
     from ebgen import load_model
     from ebgen.files import atomic_write_bytes
@@ -101,7 +102,8 @@ class _Refined:
         return getattr(self._model, name)
 
     def generate_from_latents(self, z):
-        z, accepted = self._torch.refine(z, self._steps, self._step_size, self._seed)
+        z, accepted = self._torch.refine(z, self._steps, self._step_size, self._seed,
+                                         progress=True)
         click.echo(f"refined the latents: {self._steps} MALA steps of {self._step_size:g}, "
                    f"{100 * accepted:.0f} % of moves accepted", err=True)
         return self._model.generate_from_latents(z)

@@ -8,7 +8,7 @@ the data's own units (points) or [-1, 1] pixels (images), like `ebgen.load_model
 - `energy_grad(x)`: ∇ₓE(x), the score function's negative (Langevin steps, saliency);
 - `latent_energy_grad(z)`: ∇_z E(G(z)), for moving samples in latent space;
 - `refine(z, steps, step_size)`: latent-space MALA on E(G(z)) plus the latent's prior
-  (Kumar et al. 2019), `ebgen generate --refine-steps`;
+  (Kumar et al. 2019; `ebgen.refine`), `ebgen generate` / `ebgen eval --refine-steps`;
 - `interpolate(z0, z1, steps)`: latents on the path between two (linear for a uniform latent,
   spherical for a normal one, so every point keeps a typical norm).
 
@@ -29,6 +29,7 @@ from .errors import EbgenError
 from .inputs import check_num_samples, check_samples, check_seed
 from .latents import sample_latents
 from .names import CONFIG_FILE, TORCH_DIR
+from .refine import from_normal, mala, to_normal
 
 
 class TorchModel:
@@ -80,45 +81,46 @@ class TorchModel:
         grad, = torch.autograd.grad(self.energy_net(self.generator_net(z)).sum(), z)
         return grad.cpu().numpy()
 
-    def _latent_potential(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """U(z) = E(G(z)) (+ ‖z‖²/2 for a normal latent; a uniform one is flat in its cube)
-        per latent, and ∇U."""
-        z = z.detach().requires_grad_(True)
-        u = self.energy_net(self.generator_net(z))
-        if self.config.model.latent == "normal":
-            u = u + 0.5 * z.pow(2).sum(1)
-        grad, = torch.autograd.grad(u.sum(), z)
-        return u.detach(), grad
+    def _latent_potential(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U(u) = E(G(z(u))) + ‖u‖²/2 per row of the normal variable u behind the latents
+        (`ebgen.refine`), and ∇U."""
+        u = u.detach().requires_grad_(True)
+        z = from_normal(u, self.config.model.latent)
+        potential = self.energy_net(self.generator_net(z)) + 0.5 * u.pow(2).sum(1)
+        grad, = torch.autograd.grad(potential.sum(), u)
+        return potential.detach(), grad
 
     def refine(self, z: np.ndarray, steps: int = 20, step_size: float = 0.01,
-               seed: int = 0) -> tuple[np.ndarray, float]:
-        """Latent-space MALA (Kumar et al. 2019): `steps` Metropolis-adjusted Langevin moves of
-        the latents z on U(z) = E(G(z)) + the latent's own log-prior, proposals leaving a
-        uniform latent's cube refused. Returns (refined z, mean acceptance rate). The chain's
-        target is the latent prior reweighted by exp(−E(G(z))), so refined samples follow
-        q(x)·exp(−E(x)), not exp(−E) alone: measure before relying on it."""
+               seed: int = 0, batch_size: int = 1000,
+               progress: bool = False) -> tuple[np.ndarray, float]:
+        """Latent-space MALA (Kumar et al. 2019): `steps` Metropolis-adjusted Langevin moves
+        on E(G(z)) + the latent's own log-prior, run on the standard normal variable behind
+        the latents (a uniform latent is 2Φ(u) − 1, so no move leaves its cube; `step_size`
+        is in those normal units), `batch_size` latents at a time (a bar on stderr with
+        `progress`). Returns (refined z, mean acceptance rate). The chain's target is the
+        latent prior reweighted by exp(−E(G(z))), so refined samples follow q(x)·exp(−E(x)),
+        not exp(−E) alone: measure before relying on it (`ebgen eval --refine-steps`)."""
         steps = check_num_samples(steps, low=0)
+        batch_size = check_num_samples(batch_size)
         if not step_size > 0:
             raise EbgenError(f"step_size must be positive, got {step_size}")
         gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
-        z = self._tensor(z)
-        u, grad = self._latent_potential(z)
-        accepted = 0.0
-        for _ in range(steps):
-            noise = torch.randn(z.shape, generator=gen).to(self.device)
-            proposal = z - 0.5 * step_size ** 2 * grad + step_size * noise
-            u_new, grad_new = self._latent_potential(proposal)
-            forward = (proposal - z + 0.5 * step_size ** 2 * grad).pow(2).sum(1)
-            backward = (z - proposal + 0.5 * step_size ** 2 * grad_new).pow(2).sum(1)
-            log_alpha = u - u_new + (forward - backward) / (2 * step_size ** 2)
-            accept = torch.log(torch.rand(len(z), generator=gen).to(self.device)) < log_alpha
-            if self.config.model.latent == "uniform":
-                accept &= proposal.abs().amax(1) <= 1.0
-            z = torch.where(accept[:, None], proposal, z)
-            u = torch.where(accept, u_new, u)
-            grad = torch.where(accept[:, None], grad_new, grad)
-            accepted += float(accept.float().mean()) / steps
-        return z.detach().cpu().numpy(), accepted
+        z = np.asarray(z, dtype=np.float32)
+        if steps == 0 or len(z) == 0:
+            return z, 0.0
+        from tqdm.auto import tqdm
+
+        latent = self.config.model.latent
+        refined, accepted = [], 0.0
+        with tqdm(total=steps * -(-len(z) // batch_size), disable=not progress,
+                  desc="refine latents", unit="step") as bar:
+            for start in range(0, len(z), batch_size):
+                chunk = z[start:start + batch_size]
+                u, rate = mala(to_normal(self._tensor(chunk), latent), self._latent_potential,
+                               steps, step_size, gen, progress=bar.update)
+                refined.append(from_normal(u, latent).detach().cpu().numpy())
+                accepted += rate * len(chunk) / len(z)
+        return np.concatenate(refined), accepted
 
     def interpolate(self, z0: np.ndarray, z1: np.ndarray, steps: int = 8) -> np.ndarray:
         """`steps` latents from z0 to z1 (each (z_dim,)), ends included: (steps, z_dim)."""

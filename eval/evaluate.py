@@ -69,13 +69,16 @@ def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto"
 
 def evaluate(checkpoint: str | Path, num_samples: int | None = None,
              data_path: str | None = None, seed: int = 0, device: str | None = "auto",
-             anomaly: bool = False, plots_dir: str | Path | None = None) -> dict[str, Any]:
+             anomaly: bool = False, plots_dir: str | Path | None = None,
+             refine_steps: int = 0, refine_step_size: float = 0.05) -> dict[str, Any]:
     """Evaluate a checkpoint, model directory or bundled model; returns a JSON-ready report.
 
     `num_samples` defaults to 12,500 for points models (five MMD repeats of 2,500) and 10,000
     for image models. `data_path` replaces the training run's data (needed where that data is
     not on this machine). A model trained on a file is judged against that file's held-out
-    points, and the report and plots name the file.
+    points, and the report and plots name the file. With `refine_steps`, the generator's
+    samples are first refined by latent-space MALA (`TorchModel.refine`, needs torch and
+    the model's PyTorch weights) and the report's `refine` says how.
     """
     model = open_for_eval(checkpoint, seed, device)
     config = model.config
@@ -91,6 +94,9 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
     report: dict[str, Any] = {"model": str(checkpoint), "source": model.source,
                               "step": model.step, "kind": config.model.kind,
                               "objective": config.train.objective, "dataset": label}
+    if refine_steps:
+        model, report["refine"] = _refined(model, checkpoint, refine_steps, refine_step_size,
+                                           seed, device)
     plots = Path(plots_dir) if plots_dir is not None else None
     if config.model.kind == "points":
         from ebgen.metrics.points import evaluate_points
@@ -126,6 +132,25 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
             model.energy, model.log_z, _pick(train, MAX_PCA_TRAIN, rng),
             _pick(heldout, 10_000, rng), model.log_z_reverse, seed)}
     return report
+
+
+def _refined(model: Evaluated, target: str | Path, steps: int, step_size: float, seed: int,
+             device: str | None) -> tuple[Evaluated, dict[str, Any]]:
+    """`model` whose `sample` refines its latents first (the same latents as unrefined, so
+    the two reports compare sample for sample), and the refinement's record (its mean
+    acceptance filled in once sampled)."""
+    import ebgen
+
+    torch_model = ebgen.load_torch(target, str(resolve_device(device)))
+    record: dict[str, Any] = {"steps": int(steps), "step_size": float(step_size),
+                              "accepted": None}
+
+    def sample(n: int) -> np.ndarray:
+        z, record["accepted"] = torch_model.refine(torch_model.latents(n, seed), steps,
+                                                   step_size, seed, progress=True)
+        return torch_model.generate_from_latents(z)
+
+    return dataclasses.replace(model, sample=sample), record
 
 
 def _points_likelihood(model: Evaluated, heldout_energy: np.ndarray, box) -> dict[str, Any]:
