@@ -195,6 +195,16 @@ def test_eval_refines_the_bundled_digits_and_says_how(tmp_path):
     assert refined["energy_samples_mean"] < raw["energy_samples_mean"]
 
 
+def test_eval_refines_a_points_model_on_the_same_latents():
+    """2-D: the refined report differs from the raw one only through the samples."""
+    reports = [json.loads(run("eval", "grid", "--num-samples", 500, "--refine-steps", steps,
+                              "--json").stdout) for steps in (0, 10)]
+    raw, refined = reports
+    assert refined["refine"]["steps"] == 10 and 0.3 < refined["refine"]["accepted"] <= 1
+    assert refined["generator"]["high_quality"] >= raw["generator"]["high_quality"]
+    assert refined["generator"] != raw["generator"] and refined["energy"] == raw["energy"]
+
+
 def test_eval_refine_needs_the_pytorch_weights(tmp_path, tiny_model_dir):
     import shutil
 
