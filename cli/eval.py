@@ -5,6 +5,8 @@ import json
 
 import click
 
+from ebgen.latents import REFINE_STEP_SIZE
+
 from .options import device_option, json_option, seed_option
 
 
@@ -27,7 +29,8 @@ from .options import device_option, json_option, seed_option
               help="Refine the generator's samples first: latent-space MALA steps on "
                    "E(G(z)) + the latent's prior, as `ebgen generate --refine-steps` (needs "
                    "the model's PyTorch weights and torch).")
-@click.option("--refine-step-size", type=click.FloatRange(0, min_open=True), default=0.05,
+@click.option("--refine-step-size", type=click.FloatRange(0, min_open=True),
+              default=REFINE_STEP_SIZE,
               show_default=True, help="The MALA step size (as `ebgen generate`'s).")
 @seed_option()
 @device_option()

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from ebgen.latents import REFINE_STEP_SIZE
+
 from .options import device_option, model_arguments, pick_model, seed_option
 
 
@@ -23,7 +25,8 @@ from .options import device_option, model_arguments, pick_model, seed_option
 @click.option("--refine-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Latent-space MALA steps on E(G(z)) + the latent's prior before decoding "
                    "(Kumar et al. 2019; needs the model's PyTorch weights and torch).")
-@click.option("--refine-step-size", type=click.FloatRange(0, min_open=True), default=0.05,
+@click.option("--refine-step-size", type=click.FloatRange(0, min_open=True),
+              default=REFINE_STEP_SIZE,
               show_default=True, help="The MALA step size, in the units of the standard normal "
               "variable behind the latent (a uniform latent is 2Φ(u) − 1 of it).")
 @device_option()

@@ -63,7 +63,7 @@ def mala(u: torch.Tensor, potential: Potential, steps: int, step_size: float,
         u = torch.where(accept[:, None], proposal, u)
         energy = torch.where(accept, energy_new, energy)
         grad = torch.where(accept[:, None], grad_new, grad)
-        accepted += float(accept.float().mean()) / max(steps, 1)
+        accepted += float(accept.float().mean()) / steps
         if progress is not None:
             progress()
     return u, accepted

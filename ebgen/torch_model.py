@@ -27,7 +27,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .errors import EbgenError
 from .inputs import check_num_samples, check_samples, check_seed
-from .latents import sample_latents
+from .latents import REFINE_STEP_SIZE, sample_latents
 from .names import CONFIG_FILE, TORCH_DIR
 from .refine import from_normal, mala, to_normal
 
@@ -90,7 +90,7 @@ class TorchModel:
         grad, = torch.autograd.grad(potential.sum(), u)
         return potential.detach(), grad
 
-    def refine(self, z: np.ndarray, steps: int = 20, step_size: float = 0.01,
+    def refine(self, z: np.ndarray, steps: int = 20, step_size: float = REFINE_STEP_SIZE,
                seed: int = 0, batch_size: int = 1000,
                progress: bool = False) -> tuple[np.ndarray, float]:
         """Latent-space MALA (Kumar et al. 2019): `steps` Metropolis-adjusted Langevin moves

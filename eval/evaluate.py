@@ -24,6 +24,7 @@ from ebgen.config import Config
 from ebgen.data import load_data
 from ebgen.devices import resolve_device
 from ebgen.errors import EbgenError
+from ebgen.latents import REFINE_STEP_SIZE
 from ebgen.models import energy_function, generator_function
 from ebgen.names import CONFIG_FILE
 from ebgen.toy2d import TOY_SETS
@@ -70,7 +71,8 @@ def open_for_eval(target: str | Path, seed: int = 0, device: str | None = "auto"
 def evaluate(checkpoint: str | Path, num_samples: int | None = None,
              data_path: str | None = None, seed: int = 0, device: str | None = "auto",
              anomaly: bool = False, plots_dir: str | Path | None = None,
-             refine_steps: int = 0, refine_step_size: float = 0.05) -> dict[str, Any]:
+             refine_steps: int = 0,
+             refine_step_size: float = REFINE_STEP_SIZE) -> dict[str, Any]:
     """Evaluate a checkpoint, model directory or bundled model; returns a JSON-ready report.
 
     `num_samples` defaults to 12,500 for points models (five MMD repeats of 2,500) and 10,000
