@@ -27,8 +27,8 @@ from .options import device_option, json_option, seed_option
                    "histogram of energies of data, samples and noise (images and 2-D points).")
 @click.option("--refine-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Refine the generator's samples first: latent-space MALA steps on "
-                   "E(G(z)) + the latent's prior, as `ebgen generate --refine-steps` (needs "
-                   "the model's PyTorch weights and torch).")
+                   "E(G(z)) + the latent's prior, as `ebgen generate --refine-steps` (in "
+                   "onnxruntime on latent_potential.onnx, else with torch).")
 @click.option("--refine-step-size", type=click.FloatRange(0, min_open=True),
               default=REFINE_STEP_SIZE,
               show_default=True, help="The MALA step size (as `ebgen generate`'s).")

@@ -24,7 +24,8 @@ from .options import device_option, model_arguments, pick_model, seed_option
                    "(default: from --out's suffix, else png)")
 @click.option("--refine-steps", type=click.IntRange(0), default=0, show_default=True,
               help="Latent-space MALA steps on E(G(z)) + the latent's prior before decoding "
-                   "(Kumar et al. 2019; needs the model's PyTorch weights and torch).")
+                   "(Kumar et al. 2019): onnxruntime runs the model's latent_potential.onnx; a "
+                   "model exported without one needs its PyTorch weights and torch.")
 @click.option("--refine-step-size", type=click.FloatRange(0, min_open=True),
               default=REFINE_STEP_SIZE,
               show_default=True, help="The MALA step size, in the units of the standard normal "
@@ -93,20 +94,22 @@ def generate_command(model, model_option, num_samples, seed, out, grid, fmt, ref
 
 class _Refined:
     """An `InferenceModel` whose generator first refines its latents by latent-space MALA
-    (`ebgen.torch_model.TorchModel.refine`); everything else is the model's own."""
+    (`ebgen.load_refiner`: onnxruntime where the model carries latent_potential.onnx, else
+    its PyTorch nets); everything else is the model's own."""
 
     def __init__(self, model, name: str, steps: int, step_size: float, seed: int) -> None:
         import ebgen
 
-        self._model, self._torch = model, ebgen.load_torch(name)
+        self._model = model
+        self._refiner = model if model.can_refine else ebgen.load_refiner(name)
         self._steps, self._step_size, self._seed = steps, step_size, seed
 
     def __getattr__(self, name: str):
         return getattr(self._model, name)
 
     def generate_from_latents(self, z):
-        z, accepted = self._torch.refine(z, self._steps, self._step_size, self._seed,
-                                         progress=True)
+        z, accepted = self._refiner.refine(z, self._steps, self._step_size, self._seed,
+                                           progress=True)
         click.echo(f"refined the latents: {self._steps} MALA steps of {self._step_size:g}, "
                    f"{100 * accepted:.0f} % of moves accepted", err=True)
         return self._model.generate_from_latents(z)

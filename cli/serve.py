@@ -45,6 +45,9 @@ from .options import device_option, model_arguments, pick_model
                    "torchserve: its job_queue_size).")
 @click.option("--max-samples", type=int, default=1024, show_default=True,
               help="Cap on num_samples per generate request.")
+@click.option("--max-refine-steps", type=click.IntRange(0), default=100, show_default=True,
+              help="Cap on refine_steps per generate request (latent-space MALA steps, each "
+                   "both nets forward and backward; 0 turns refinement off).")
 @click.option("--max-body-mb", type=float, default=8.0, show_default=True,
               help="Cap on a request body in MiB (413 beyond).")
 @click.option("--max-connections", type=int, default=256, show_default=True,
@@ -59,8 +62,8 @@ from .options import device_option, model_arguments, pick_model
 @device_option()
 def serve_command(model, model_option, engine, host, port, workers, max_batch_samples,
                   max_batch_ms, parallel_batches, max_batch_size, max_delay_ms, threads,
-                  max_queue, max_samples, max_body_mb, max_connections, access_log, no_auth,
-                  workdir, device) -> None:
+                  max_queue, max_samples, max_refine_steps, max_body_mb, max_connections,
+                  access_log, no_auth, workdir, device) -> None:
     """Serve generation and energy scoring over HTTP on 127.0.0.1.
 
     MODEL is a model directory (ebgen export), a checkpoint directory (exported to a cache
@@ -73,6 +76,7 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_sa
       ebgen serve models/tiny --workers 2 --port 9000
       ebgen serve models/tiny --engine torchserve --workdir /srv/ts
       curl -s 127.0.0.1:8080/generate -d '{"num_samples": 16, "seed": 0}' -o grid.png
+      curl -s 127.0.0.1:8080/generate -d '{"num_samples": 16, "refine_steps": 30}' -o sharp.png
       curl -s 127.0.0.1:8080/score --data-binary @digit.png
     """
     import logging
@@ -89,7 +93,7 @@ def serve_command(model, model_option, engine, host, port, workers, max_batch_sa
                                "--max-connections must be at least 1; --max-delay-ms at least "
                                "0; --max-batch-ms above 0")
     limits = Limits(max_samples=max_samples, max_score_inputs=max(max_samples, 1024),
-                    max_body_bytes=int(max_body_mb * 2**20))
+                    max_body_bytes=int(max_body_mb * 2**20), max_refine_steps=max_refine_steps)
     path = str(resolve_model_path(pick_model(model, model_option)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if engine == "torchserve":

@@ -51,6 +51,31 @@ def load_torch(path, device: str = "cpu"):
     return TorchModel(torch_directory(resolve(path)), device)
 
 
+def load_refiner(path, device: str = "cpu"):
+    """What refines a model's latents (`refine`, `latents`, `generate_from_latents`): for a
+    model directory or bundled model that carries latent_potential.onnx, its onnxruntime
+    model (no torch); for a training checkpoint, or a model exported before that file
+    existed, its PyTorch nets (`load_torch`). Both run the same chain (`ebgen.refine`).
+
+        >>> z, accepted = ebgen.load_refiner("mnist").refine(latents, steps=30)  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from .errors import EbgenError
+    from .names import CONFIG_FILE
+
+    if not (Path(path).expanduser() / CONFIG_FILE).is_file():
+        model = load_model(path, device)
+        if model.can_refine:
+            return model
+        try:
+            return load_torch(path, "cpu" if device == "auto" else device)
+        except EbgenError as e:
+            raise EbgenError(f"{path} cannot refine latents: it has no latent_potential.onnx "
+                             f"(re-export it with `ebgen export`), and {e}") from None
+    return load_torch(path, "cpu" if device == "auto" else device)
+
+
 def calibrate(model, x, fpr: float = 0.01, out=None, source: str = ""):
     """Calibrate a model's anomaly decisions on clean held-out samples `x`; returns the
     `ebgen.calibration.Calibration` written to the model directory's calibration.json.

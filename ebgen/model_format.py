@@ -1,7 +1,7 @@
 """The model directory's `model.json`: its format name, version and reading.
 
 `ebgen export` writes a model directory (design.md §3): `model.json`, `generator.onnx`,
-`generator_uint8.onnx`, `energy.onnx` and the TorchServe archives. `model.json` fields:
+`generator_uint8.onnx`, `energy.onnx`, `latent_potential.onnx` and the TorchServe archives. `model.json` fields:
 
     format, format_version          "ebgen-model", 1
     name                            model name (the checkpoint folder's name unless given)
@@ -19,6 +19,11 @@
                                      "generator": {"file", "input", "output", "sha256"},
                                      "generator_uint8": {...}, "energy": {...}}
                                     points models: "generator_uint8": {"skipped": reason}
+                                    "latent_potential": {"file", "input" ("u"), "outputs"
+                                     (["potential", "potential_grad"]), "sha256"}: U(u) and
+                                     ∇U for refinement (`ebgen.refine`); {"skipped": reason}
+                                     where the exporter could not write it; absent from
+                                     exports before it existed
     parity                          max |ORT − PyTorch| per file and batch size checked:
                                     {"generator": {"1": d, "7": d, "64": d}, ...}
                                     (uint8 file: in pixel levels)

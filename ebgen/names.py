@@ -11,6 +11,11 @@ GENERATOR_UINT8_OUTPUT = "pixels"
 #: energy.onnx: sample in, energy per sample out.
 ENERGY_INPUT = "x"
 ENERGY_OUTPUT = "energy"
+#: latent_potential.onnx: the normal variable u behind a latent in, refinement's potential
+#: U(u) = E(G(z(u))) + ‖u‖²/2 and its gradient out (`ebgen.refine`).
+POTENTIAL_INPUT = "u"
+POTENTIAL_OUTPUT = "potential"
+POTENTIAL_GRAD_OUTPUT = "potential_grad"
 #: What scoring returns per sample (`score`, the v2 energy model's outputs, in this order).
 LOG_DENSITY = "log_density"       # −energy − log Z (log Z from `export --log-z`, else 0)
 PERCENTILE = "percentile"         # 0–100 among the training data's energies
@@ -35,6 +40,7 @@ MODEL_FILE = "model.json"
 GENERATOR_ONNX = "generator.onnx"
 GENERATOR_UINT8_ONNX = "generator_uint8.onnx"
 ENERGY_ONNX = "energy.onnx"
+LATENT_POTENTIAL_ONNX = "latent_potential.onnx"
 CALIBRATION_FILE = "calibration.json"  # `ebgen calibrate`: threshold and tail (optional)
 TORCH_DIR = "torch"                    # the PyTorch weights and config (`ebgen.load_torch`)
 

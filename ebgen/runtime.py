@@ -26,10 +26,11 @@ from .bundled import bundled_model_path, bundled_names
 from .calibration import Calibration, read_calibration
 from .errors import EbgenError
 from .inputs import check_num_samples, check_samples, check_seed
-from .latents import sample_latents
+from .latents import REFINE_STEP_SIZE, sample_latents
 from .model_format import model_file, read_model_info
 from .names import CALIBRATED_OUTPUTS, CONFIG_FILE, MODEL_FILE, SCORE_OUTPUTS
 from .pixels import unit_to_uint8
+from .refine import refine_latents
 from .sessions import ort_session
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class InferenceModel:
         providers = _providers(device)
         self._generator = _Net(self.directory, onnx["generator"], providers, threads)
         self._energy = _Net(self.directory, onnx["energy"], providers, threads)
+        self._potential_entry: dict[str, Any] = onnx.get("latent_potential") or {
+            "skipped": "exported before ebgen wrote latent_potential.onnx: re-export it"}
+        self._potential = (ort_session(model_file(self.directory, self._potential_entry),
+                                       providers, threads) if self.can_refine else None)
         self.providers: list[str] = self._generator.session.get_providers()
         if device.startswith("cuda") and CUDA_PROVIDER not in self.providers:
             raise EbgenError(f"device {device!r} asked for, but onnxruntime could not create a "
@@ -99,6 +104,37 @@ class InferenceModel:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise EbgenError(f"latents must be (n, {self.z_dim}), got {z.shape}")
         return self._generator.run(z)
+
+    @property
+    def can_refine(self) -> bool:
+        """Whether the model directory carries latent_potential.onnx (`refine` runs here)."""
+        return "file" in self._potential_entry
+
+    def refine(self, z: np.ndarray, steps: int = 20, step_size: float = REFINE_STEP_SIZE,
+               seed: int = 0, batch_size: int = 1000,
+               progress: bool = False) -> tuple[np.ndarray, float]:
+        """Latent-space MALA (`ebgen.refine`) on latents z (n, z_dim): `steps` moves on
+        E(G(z)) + the latent's log-prior, run by onnxruntime on latent_potential.onnx (no
+        torch). Returns (refined z, mean acceptance rate); `generate_from_latents` turns them
+        into samples. The same seed gives the same chain as `TorchModel.refine`. The target is
+        the latent prior reweighted by exp(−E(G(z))), sharper than exp(−E): measure first
+        (`ebgen eval --refine-steps`). Raises `EbgenError` when the model has no such file."""
+        if not self.can_refine:
+            raise EbgenError(f"{self.directory} cannot refine latents without torch: it has "
+                             f"no latent_potential.onnx "
+                             f"({self._potential_entry.get('skipped', 'not written')})")
+        z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise EbgenError(f"latents must be (n, {self.z_dim}), got {z.shape}")
+        names = list(self._potential_entry["outputs"])
+
+        def potential(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            value, grad = self._potential.run(
+                names, {self._potential_entry["input"]: np.ascontiguousarray(u)})
+            return value, grad
+
+        return refine_latents(z, self.distribution, potential, steps, step_size, seed,
+                              batch_size, progress)
 
     def generate_uint8(self, num_samples: int, seed: int | None = None) -> np.ndarray:
         """`n` images as uint8 (n, C, H, W) in [0, 255] (image models only)."""

@@ -29,7 +29,8 @@ from .errors import EbgenError
 from .inputs import check_num_samples, check_samples, check_seed
 from .latents import REFINE_STEP_SIZE, sample_latents
 from .names import CONFIG_FILE, TORCH_DIR
-from .refine import from_normal, mala, to_normal
+from .potential import LatentPotential
+from .refine import refine_latents
 
 
 class TorchModel:
@@ -81,46 +82,22 @@ class TorchModel:
         grad, = torch.autograd.grad(self.energy_net(self.generator_net(z)).sum(), z)
         return grad.cpu().numpy()
 
-    def _latent_potential(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """U(u) = E(G(z(u))) + ‖u‖²/2 per row of the normal variable u behind the latents
-        (`ebgen.refine`), and ∇U."""
-        u = u.detach().requires_grad_(True)
-        z = from_normal(u, self.config.model.latent)
-        potential = self.energy_net(self.generator_net(z)) + 0.5 * u.pow(2).sum(1)
-        grad, = torch.autograd.grad(potential.sum(), u)
-        return potential.detach(), grad
-
     def refine(self, z: np.ndarray, steps: int = 20, step_size: float = REFINE_STEP_SIZE,
                seed: int = 0, batch_size: int = 1000,
                progress: bool = False) -> tuple[np.ndarray, float]:
-        """Latent-space MALA (Kumar et al. 2019): `steps` Metropolis-adjusted Langevin moves
-        on E(G(z)) + the latent's own log-prior, run on the standard normal variable behind
-        the latents (a uniform latent is 2Φ(u) − 1, so no move leaves its cube; `step_size`
-        is in those normal units), `batch_size` latents at a time (a bar on stderr with
-        `progress`). Returns (refined z, mean acceptance rate). The chain's target is the
-        latent prior reweighted by exp(−E(G(z))), so refined samples follow q(x)·exp(−E(x)),
-        not exp(−E) alone: measure before relying on it (`ebgen eval --refine-steps`)."""
-        steps = check_num_samples(steps, low=0)
-        batch_size = check_num_samples(batch_size)
-        if not step_size > 0:
-            raise EbgenError(f"step_size must be positive, got {step_size}")
-        gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
-        z = np.asarray(z, dtype=np.float32)
-        if steps == 0 or len(z) == 0:
-            return z, 0.0
-        from tqdm.auto import tqdm
-
-        latent = self.config.model.latent
-        refined, accepted = [], 0.0
-        with tqdm(total=steps * -(-len(z) // batch_size), disable=not progress,
-                  desc="refine latents", unit="step") as bar:
-            for start in range(0, len(z), batch_size):
-                chunk = z[start:start + batch_size]
-                u, rate = mala(to_normal(self._tensor(chunk), latent), self._latent_potential,
-                               steps, step_size, gen, progress=bar.update)
-                refined.append(from_normal(u, latent).detach().cpu().numpy())
-                accepted += rate * len(chunk) / len(z)
-        return np.concatenate(refined), accepted
+        """Latent-space MALA (Kumar et al. 2019, `ebgen.refine`): `steps` Metropolis-adjusted
+        Langevin moves on E(G(z)) + the latent's own log-prior, run on the standard normal
+        variable behind the latents (a uniform latent is 2Φ(u) − 1, so no move leaves its
+        cube; `step_size` is in those normal units), `batch_size` latents at a time (a bar on
+        stderr with `progress`). Returns (refined z, mean acceptance rate); the same seed gives
+        the same chain as `InferenceModel.refine` on the exported model. The chain's target is
+        the latent prior reweighted by exp(−E(G(z))), so refined samples follow
+        q(x)·exp(−E(x)), not exp(−E) alone: measure before relying on it
+        (`ebgen eval --refine-steps`)."""
+        potential = LatentPotential(self.energy_net, self.generator_net,
+                                    self.config.model.latent)
+        return refine_latents(z, self.config.model.latent, potential.value_and_grad, steps,
+                              step_size, seed, batch_size, progress)
 
     def interpolate(self, z0: np.ndarray, z1: np.ndarray, steps: int = 8) -> np.ndarray:
         """`steps` latents from z0 to z1 (each (z_dim,)), ends included: (steps, z_dim)."""

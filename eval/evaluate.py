@@ -79,8 +79,8 @@ def evaluate(checkpoint: str | Path, num_samples: int | None = None,
     for image models. `data_path` replaces the training run's data (needed where that data is
     not on this machine). A model trained on a file is judged against that file's held-out
     points, and the report and plots name the file. With `refine_steps`, the generator's
-    samples are first refined by latent-space MALA (`TorchModel.refine`, needs torch and
-    the model's PyTorch weights) and the report's `refine` says how.
+    samples are first refined by latent-space MALA (`ebgen.load_refiner`: onnxruntime on the
+    model's latent_potential.onnx, else its PyTorch nets) and the report's `refine` says how.
     """
     model = open_for_eval(checkpoint, seed, device)
     config = model.config
@@ -143,14 +143,16 @@ def _refined(model: Evaluated, target: str | Path, steps: int, step_size: float,
     acceptance filled in once sampled)."""
     import ebgen
 
-    torch_model = ebgen.load_torch(target, str(resolve_device(device)))
+    refiner = ebgen.load_refiner(target, "cpu" if device in (None, "auto", "cpu") else device)
     record: dict[str, Any] = {"steps": int(steps), "step_size": float(step_size),
-                              "accepted": None}
+                              "accepted": None,
+                              "engine": "onnxruntime" if hasattr(refiner, "can_refine")
+                              else "torch"}
 
     def sample(n: int) -> np.ndarray:
-        z, record["accepted"] = torch_model.refine(torch_model.latents(n, seed), steps,
-                                                   step_size, seed, progress=True)
-        return torch_model.generate_from_latents(z)
+        z, record["accepted"] = refiner.refine(refiner.latents(n, seed), steps, step_size,
+                                               seed, progress=True)
+        return refiner.generate_from_latents(z)
 
     return dataclasses.replace(model, sample=sample), record
 

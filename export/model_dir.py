@@ -30,8 +30,10 @@ from ebgen.latents import sample_latents
 from ebgen.model_format import MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANTILE_LEVELS
 from ebgen.names import (BATCH_AXIS, ENERGY_INPUT, ENERGY_ONNX, ENERGY_OUTPUT, GENERATOR_INPUT,
                          GENERATOR_ONNX, GENERATOR_OUTPUT, GENERATOR_UINT8_ONNX,
-                         GENERATOR_UINT8_OUTPUT, MODEL_FILE, TORCH_DIR)
+                         GENERATOR_UINT8_OUTPUT, LATENT_POTENTIAL_ONNX, MODEL_FILE,
+                         POTENTIAL_GRAD_OUTPUT, POTENTIAL_INPUT, POTENTIAL_OUTPUT, TORCH_DIR)
 from ebgen.pixels import PIXEL_RANGE
+from ebgen.potential import LatentPotential
 
 from .archive import ARCHIVE_KINDS, HANDLER_FILES, archive_name, build_archive
 from .onnx_export import (ATOL, EXPORT_BATCH, PARITY_BATCHES, RTOL, UINT8_LEVELS,
@@ -175,7 +177,37 @@ def export_networks(model: ModelConfig, energy: torch.nn.Module, generator: torc
             f"{max(parity[key].values()):.2g}")
     if model.kind != "image":
         files["generator_uint8"] = {"skipped": "points model: samples are points, not pixels"}
+    files["latent_potential"], potential_parity = export_potential(
+        model, energy, generator, directory, opset, say)
+    if potential_parity is not None:
+        parity["latent_potential"] = potential_parity
     return files, parity
+
+
+def export_potential(model: ModelConfig, energy: torch.nn.Module, generator: torch.nn.Module,
+                      directory: Path, opset: int, say
+                      ) -> tuple[dict[str, Any], dict[str, float] | None]:
+    """Write latent_potential.onnx (refinement without torch) into `directory`: its model.json
+    `onnx` entry and its parity, or, when the networks cannot be exported that way, a
+    `skipped` entry saying why and None: refinement then needs the PyTorch weights, and
+    everything else still works."""
+    from .potential_export import check_potential_parity, export_latent_potential
+
+    say(f"exporting {LATENT_POTENTIAL_ONNX}")
+    potential = LatentPotential(energy, generator, model.latent)
+    try:
+        path = export_latent_potential(potential, model.z_dim, directory / LATENT_POTENTIAL_ONNX,
+                                       opset)
+        parity = check_potential_parity(path, potential, model.z_dim, model.latent)
+    except EbgenError as e:
+        (directory / LATENT_POTENTIAL_ONNX).unlink(missing_ok=True)
+        say(f"  skipped: {e}")
+        return {"skipped": str(e)}, None
+    say(f"  {LATENT_POTENTIAL_ONNX}: {path.stat().st_size / 1e6:.2f} MB, max |ORT - PyTorch| "
+        f"{max(parity.values()):.2g}")
+    return {"file": LATENT_POTENTIAL_ONNX, "input": POTENTIAL_INPUT,
+            "outputs": [POTENTIAL_OUTPUT, POTENTIAL_GRAD_OUTPUT],
+            "sha256": sha256_file(path)}, parity
 
 
 def model_info(config: Config, meta: dict[str, Any], checkpoint: Path, name: str | None,

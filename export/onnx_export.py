@@ -48,7 +48,7 @@ class UInt8Generator(nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Hide the exporter's chatter (missing torchvision ops, deprecation notices)."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
@@ -74,7 +74,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
     module.eval()
     batch = torch.export.Dim(BATCH_AXIS, min=1)
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False,
                               input_names=[input_name], output_names=[output_name],
                               dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
@@ -86,7 +86,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
         raise EbgenError(f"{path.name} fails the ONNX checker: {one_line(e)}") from e
-    _check_signature(model, path.name, input_name, output_name)
+    check_signature(model, path.name, [input_name], [output_name])
     return path
 
 
@@ -108,13 +108,14 @@ def drop_stack_traces(path: str | Path):
     return model
 
 
-def _check_signature(model, filename: str, input_name: str, output_name: str) -> None:
-    """Raise unless the graph has exactly the expected I/O names, each batched on BATCH_AXIS."""
+def check_signature(model, filename: str, inputs: Sequence[str], outputs: Sequence[str]
+                    ) -> None:
+    """Raise unless the graph has exactly these I/O names, each batched on BATCH_AXIS."""
     graph = model.graph
     got = ([i.name for i in graph.input], [o.name for o in graph.output])
-    if got != ([input_name], [output_name]):
+    if got != (list(inputs), list(outputs)):
         raise EbgenError(f"{filename} has inputs {got[0]} and outputs {got[1]}: expected "
-                         f"[{input_name!r}] and [{output_name!r}]")
+                         f"{list(inputs)} and {list(outputs)}")
     for value in (*graph.input, *graph.output):
         dims = value.type.tensor_type.shape.dim
         if not dims or dims[0].dim_param != BATCH_AXIS:

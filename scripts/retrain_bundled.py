@@ -14,6 +14,7 @@ One command rebuilds `ebgen/pretrained/<name>/` for each model: train with the r
     python scripts/retrain_bundled.py --table        # the README's results tables
     python scripts/retrain_bundled.py --remeasure --only ring grid   # new metrics, same models
     python scripts/retrain_bundled.py --weights-from-onnx --only mnist  # torch/ from its ONNX
+    python scripts/retrain_bundled.py --add-latent-potential  # latent_potential.onnx, from torch/
 """
 from __future__ import annotations
 
@@ -246,6 +247,28 @@ def add_log_z(name: str) -> dict[str, Any]:
     return info["log_partition"]
 
 
+def add_latent_potential(name: str) -> dict[str, Any]:
+    """Write latent_potential.onnx into a bundled model from its PyTorch weights (as `ebgen
+    export` does, parity checked) and record it in its model.json; returns the entry."""
+    from ebgen.checkpoint import load_checkpoint
+    from ebgen.export.model_dir import export_potential
+
+    target = PACKAGE_DIR / name
+    if not (target / "torch").is_dir():
+        raise SystemExit(f"{name} carries no PyTorch weights: retrain it first")
+    config, energy, generator, _ = load_checkpoint(target / "torch")
+    path = target / "model.json"
+    info = json.loads(path.read_text())
+    entry, parity = export_potential(config.model, energy, generator, target,
+                                     info["onnx"]["opset"], lambda m: print(m, flush=True))
+    if parity is None:
+        raise SystemExit(f"{name}: {entry['skipped']}")
+    info["onnx"]["latent_potential"] = entry
+    info["parity"]["latent_potential"] = parity
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return {"latent_potential": entry, "parity": parity}
+
+
 def weights_from_onnx(name: str) -> dict[str, Any]:
     """Give a bundled model its PyTorch weights (torch/) back from its own ONNX files.
 
@@ -353,7 +376,15 @@ def main() -> None:
     parser.add_argument("--add-log-z", action="store_true",
                         help="train nothing: estimate log Z from the bundled weights into "
                              "model.json, then remeasure")
+    parser.add_argument("--add-latent-potential", action="store_true",
+                        help="train nothing: write latent_potential.onnx (refinement in "
+                             "onnxruntime) from the bundled weights")
     args = parser.parse_args()
+    if args.add_latent_potential:
+        for name in args.only:
+            print(json.dumps({"name": name, **add_latent_potential(name)}, indent=2),
+                  flush=True)
+        return
     if args.weights_from_onnx:
         for name in args.only:
             print(json.dumps({"name": name, **weights_from_onnx(name)}, indent=2), flush=True)

@@ -52,7 +52,8 @@ class RestRoutes:
     async def generate(self, request: Request) -> service.Reply:
         backend = self.backend
         params = service.parse_generate(await backend.body(request), backend.limits)
-        z = service.latents_for(backend.model, params)
+        z = (await run_in_threadpool(service.latents_for, backend.model, params)
+             if params.refine_steps else service.latents_for(backend.model, params))
         x = await backend.run("generator", request, z)
         if params.format == "npy" and x.nbytes <= INLINE_ENCODE_BYTES:
             return service.encode_generate(backend.model, params, x)

@@ -10,7 +10,9 @@ which are those same pieces composed.
 Request bodies (the same on `POST /generate`, `POST /score` and TorchServe's
 `/predictions/generate`, `/predictions/score`):
 
-    generate   {"num_samples": 16, "seed": 0, "format": "png"|"npy"|"json", "grid": false}
+    generate   {"num_samples": 16, "seed": 0, "format": "png"|"npy"|"json", "grid": false,
+                "refine_steps": 0, "refine_step_size": 0.05} (refine_steps > 0: latent-space
+               MALA before decoding, `ebgen.refine`; the same seed gives the same samples)
                png: one PNG (the sample, or a grid when num_samples > 1 or grid is true);
                npy: float32 N×C×H×W in [-1, 1]; json: {"seed", "shape", "images": [base64
                PNG, ...], "grid": base64 PNG when asked} (points models: "samples" instead)
@@ -74,8 +76,19 @@ class Reply:
 # ------------------------------------------------------------------------------- generate
 
 def latents_for(model: Any, params: GenerateParams) -> np.ndarray:
-    """The request's latents, drawn on the CPU from its seed by the runtime."""
-    return model.latents(params.num_samples, params.seed)
+    """The request's latents, drawn on the CPU from its seed by the runtime, then, with
+    `refine_steps`, moved by latent-space MALA on latent_potential.onnx (`ebgen.refine`, the
+    chain's noise from the same seed): 422 when the model has no such file. Refining runs
+    both networks forward and backward `refine_steps` times, so front doors call this off
+    their event loop when `params.refine_steps` is set."""
+    z = model.latents(params.num_samples, params.seed)
+    if not params.refine_steps:
+        return z
+    if not model.can_refine:
+        raise RequestError(422, "this model cannot refine latents: it was exported without "
+                                "latent_potential.onnx (re-export it with `ebgen export`)")
+    z, _ = model.refine(z, params.refine_steps, params.refine_step_size, params.seed)
+    return z
 
 
 def run_generator(model: Any, z: np.ndarray) -> np.ndarray:
@@ -118,16 +131,27 @@ def encode_generate(model: Any, params: GenerateParams, x: np.ndarray) -> Reply:
 
 def generate_batch(model: Any, requests: Sequence[GenerateParams | RequestError]
                    ) -> list[Reply]:
-    """Checked requests (or their errors) → one answer each, with one generator call."""
-    good = [r for r in requests if isinstance(r, GenerateParams)]
-    outputs = iter(run_generator_batch(model, [latents_for(model, p) for p in good]))
+    """Checked requests (or their errors) → one answer each, with one generator call (a
+    request whose latents cannot be had, e.g. refinement on a model without it, gets its
+    own error)."""
+    latents = [_latents_or_error(model, r) if isinstance(r, GenerateParams) else r
+               for r in requests]
+    outputs = iter(run_generator_batch(model, [z for z in latents
+                                               if not isinstance(z, RequestError)]))
     replies = []
-    for r in requests:
-        if isinstance(r, RequestError):
-            replies.append(Reply.error(r))
+    for r, z in zip(requests, latents):
+        if isinstance(z, RequestError):
+            replies.append(Reply.error(z))
             continue
         replies.append(_isolated(lambda: encode_generate(model, r, next(outputs))))
     return replies
+
+
+def _latents_or_error(model: Any, params: GenerateParams) -> np.ndarray | RequestError:
+    try:
+        return latents_for(model, params)
+    except RequestError as err:
+        return err
 
 
 def _isolated(answer: Callable[[], Reply]) -> Reply:

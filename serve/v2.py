@@ -60,7 +60,8 @@ OUTPUT_DATATYPES = {PERCENTILE: "FP64", TAIL_PROBABILITY: "FP64", IS_ANOMALY: "B
 #: Each model's one input.
 INPUTS = {"generator": GENERATOR_INPUT, "energy": ENERGY_INPUT}
 #: Each model's own request parameters.
-MODEL_PARAMETERS = {"generator": ("num_samples", "seed"), "energy": ()}
+MODEL_PARAMETERS = {"generator": ("num_samples", "seed", "refine_steps", "refine_step_size"),
+                    "energy": ()}
 
 
 @dataclass
@@ -292,11 +293,14 @@ async def infer(backend: Any, request: Request, name: str, version: str | None =
     if name == "generator":
         if GENERATOR_INPUT in req.inputs:
             if req.parameters:
-                raise RequestError(422, "give either input z or parameters num_samples/seed")
+                raise RequestError(422, "give either input z or parameters num_samples/seed "
+                                        "(and refine_steps/refine_step_size)")
             z = check_latents(req.inputs[GENERATOR_INPUT], m.z_dim, limits)
         else:
             params = check_generate(req.parameters, limits)
-            z, parameters = latents_for(m, params), {"seed": params.seed}
+            z = (await run_in_threadpool(latents_for, m, params) if params.refine_steps
+                 else latents_for(m, params))
+            parameters = {"seed": params.seed}
         x = await backend.run(name, request, z)
         out = {GENERATOR_OUTPUT: check_finite_output(x, "generator's output")}
     else:

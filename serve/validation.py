@@ -28,6 +28,7 @@ import numpy as np
 
 from ebgen.inputs import (MAX_SEED, RequestError, check_int, check_num_samples, check_samples,
                           check_seed)
+from ebgen.latents import REFINE_STEP_SIZE
 
 __all__ = ["FORMATS", "GENERATE_FIELDS", "LIMITS_ENV", "MAX_SEED", "GenerateParams", "Limits",
            "RequestError", "check_body_size", "check_count", "check_fields", "check_finite_output",
@@ -37,7 +38,9 @@ __all__ = ["FORMATS", "GENERATE_FIELDS", "LIMITS_ENV", "MAX_SEED", "GeneratePara
 #: Response formats of `generate`.
 FORMATS = ("png", "npy", "json")
 #: Fields a `generate` request may carry.
-GENERATE_FIELDS = ("num_samples", "seed", "format", "grid")
+GENERATE_FIELDS = ("num_samples", "seed", "format", "grid", "refine_steps", "refine_step_size")
+#: Largest MALA step size a request may ask for (normal units; 0.05 is the default).
+MAX_REFINE_STEP_SIZE = 10.0
 #: Environment variable carrying `Limits` as JSON to TorchServe's handler processes.
 LIMITS_ENV = "EBGEN_SERVE_LIMITS"
 
@@ -50,6 +53,8 @@ class Limits:
     max_score_inputs: int = 1024     # inputs of one score request
     max_body_bytes: int = 8 * 2**20  # request body
     body_timeout_s: float = 30.0     # longest a client may take to send its body (408)
+    max_refine_steps: int = 100      # refine_steps of one generate request (each: both nets
+                                     # forward and backward over its samples)
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,8 @@ class GenerateParams:
     seed: int = 0
     format: str = "png"
     grid: bool = False
+    refine_steps: int = 0            # latent-space MALA steps before decoding (`ebgen.refine`)
+    refine_step_size: float = REFINE_STEP_SIZE
 
 
 def check_body_size(size: int | None, limits: Limits) -> None:
@@ -103,7 +110,8 @@ def fresh_seed() -> int:
 
 
 def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) -> GenerateParams:
-    """A `generate` request object ({num_samples, seed, format, grid}) checked.
+    """A `generate` request object ({num_samples, seed, format, grid, refine_steps,
+    refine_step_size}) checked.
 
     A missing seed uses `default_seed`, or a fresh random one when that is None (the answer
     reports it, so any sample can be reproduced).
@@ -111,8 +119,8 @@ def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) ->
     if obj is None:
         obj = {}
     if not isinstance(obj, Mapping):
-        raise RequestError(422, "generate request must be a JSON object with num_samples, "
-                                "seed, format, grid")
+        raise RequestError(422, "generate request must be a JSON object with "
+                                f"{', '.join(GENERATE_FIELDS)}")
     check_fields(obj, GENERATE_FIELDS, "generate")
     n = check_num_samples(obj.get("num_samples", GenerateParams.num_samples),
                           limits.max_samples)
@@ -127,7 +135,25 @@ def check_generate(obj: Any, limits: Limits, default_seed: int | None = None) ->
     grid = _bool(obj.get("grid", False), "grid")
     if grid and fmt == "npy":
         raise RequestError(422, "grid applies to format png or json, not npy")
-    return GenerateParams(num_samples=n, seed=seed, format=fmt, grid=grid)
+    steps = check_int(obj.get("refine_steps", 0), "refine_steps", 0, limits.max_refine_steps)
+    step_size = _step_size(obj.get("refine_step_size", REFINE_STEP_SIZE))
+    return GenerateParams(num_samples=n, seed=seed, format=fmt, grid=grid, refine_steps=steps,
+                          refine_step_size=step_size)
+
+
+def _step_size(value: Any) -> float:
+    """refine_step_size: a number in (0, MAX_REFINE_STEP_SIZE] (a numeric string too)."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, np.number)):
+            raise ValueError
+        step = float(value)
+    except ValueError:
+        raise RequestError(422, f"refine_step_size must be a number, got "
+                                f"{json.dumps(value, default=str)[:40]}") from None
+    if not 0 < step <= MAX_REFINE_STEP_SIZE:  # NaN fails too
+        raise RequestError(422, f"refine_step_size={step:g} is out of range: expected a "
+                                f"number in (0, {MAX_REFINE_STEP_SIZE:g}]")
+    return step
 
 
 def check_count(n: int, limits: Limits) -> None:

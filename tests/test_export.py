@@ -27,7 +27,8 @@ from ebgen.model_format import QUANTILE_LEVELS, read_model_info
 from ebgen.models import build_models
 from ebgen.names import (BATCH_AXIS, ENERGY_INPUT, ENERGY_ONNX, ENERGY_OUTPUT, GENERATOR_INPUT,
                          GENERATOR_ONNX, GENERATOR_OUTPUT, GENERATOR_UINT8_ONNX,
-                         GENERATOR_UINT8_OUTPUT, GENERATOR_WEIGHTS, MODEL_FILE)
+                         GENERATOR_UINT8_OUTPUT, GENERATOR_WEIGHTS, LATENT_POTENTIAL_ONNX,
+                         MODEL_FILE, POTENTIAL_GRAD_OUTPUT, POTENTIAL_INPUT, POTENTIAL_OUTPUT)
 from ebgen.pixels import unit_to_uint8
 from ebgen.sessions import ort_session
 
@@ -84,7 +85,8 @@ def test_files_exist_pass_checker_and_hashes_match(exported, kind):
 
     model_dir = exported[kind]
     info = read_model_info(model_dir)
-    expected = {GENERATOR_ONNX, ENERGY_ONNX} | ({GENERATOR_UINT8_ONNX} if kind == "tiny" else set())
+    expected = {GENERATOR_ONNX, ENERGY_ONNX, LATENT_POTENTIAL_ONNX} | (
+        {GENERATOR_UINT8_ONNX} if kind == "tiny" else set())
     assert {e["file"] for e in files_of(info).values()} == expected
     for entry in files_of(info).values():
         path = model_dir / entry["file"]
@@ -101,13 +103,14 @@ def test_files_exist_pass_checker_and_hashes_match(exported, kind):
 def test_graph_names_and_named_dynamic_batch_axis(exported, kind):
     import onnx
 
-    names = {GENERATOR_ONNX: (GENERATOR_INPUT, GENERATOR_OUTPUT),
-             GENERATOR_UINT8_ONNX: (GENERATOR_INPUT, GENERATOR_UINT8_OUTPUT),
-             ENERGY_ONNX: (ENERGY_INPUT, ENERGY_OUTPUT)}
+    names = {GENERATOR_ONNX: ([GENERATOR_INPUT], [GENERATOR_OUTPUT]),
+             GENERATOR_UINT8_ONNX: ([GENERATOR_INPUT], [GENERATOR_UINT8_OUTPUT]),
+             ENERGY_ONNX: ([ENERGY_INPUT], [ENERGY_OUTPUT]),
+             LATENT_POTENTIAL_ONNX: ([POTENTIAL_INPUT], [POTENTIAL_OUTPUT, POTENTIAL_GRAD_OUTPUT])}
     for path in exported[kind].glob("*.onnx"):
         graph = onnx.load(str(path)).graph
         assert ([i.name for i in graph.input], [o.name for o in graph.output]) == \
-            tuple([n] for n in names[path.name])
+            names[path.name]
         for value in (*graph.input, *graph.output):
             assert value.type.tensor_type.shape.dim[0].dim_param == BATCH_AXIS
 

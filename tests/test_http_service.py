@@ -57,6 +57,26 @@ def test_generate_png_grid_npy_json_match_in_process(server, model):
         np.testing.assert_array_equal(codecs.decode_base64_image(image), want)
 
 
+def test_generate_refined_matches_the_in_process_chain(server, model):
+    """refine_steps on /generate and on v2: latent MALA on latent_potential.onnx, the same
+    chain (seeded by the request's seed) as `InferenceModel.refine` in process."""
+    z, _ = model.refine(model.latents(6, 4), steps=5, step_size=0.1, seed=4)
+    want = model.generate_from_latents(z)
+    request = {"num_samples": 6, "seed": 4, "format": "npy", "refine_steps": 5,
+               "refine_step_size": 0.1}
+    refined = server.post("/generate", json=request)
+    assert refined.status_code == 200, refined.text
+    got = np.load(io.BytesIO(refined.content))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got, model.generate(6, 4))
+    again = server.post("/generate", json=request)
+    np.testing.assert_array_equal(np.load(io.BytesIO(again.content)), got)
+    r = server.post("/v2/models/generator/infer", json={"parameters": {
+        "num_samples": 6, "seed": 4, "refine_steps": 5, "refine_step_size": 0.1}}).json()
+    out = r["outputs"][0]
+    np.testing.assert_allclose(np.asarray(out["data"]).reshape(out["shape"]), want, atol=1e-5)
+
+
 def test_score_png_npy_batch_and_mnist(server, model, mnist_digits):
     x = model.generate(4, seed=9)
     png = codecs.encode_png(unit_to_uint8(x[0]))

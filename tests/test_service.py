@@ -67,3 +67,36 @@ def test_outputs_that_overflow_are_the_requests_422():
     with pytest.raises(RequestError) as err:
         check_finite_output(np.array([1.0, np.inf], np.float32), "energy")
     assert err.value.status == 422 and "overflows" in str(err.value)
+
+
+def test_refined_generation_is_checked_and_needs_latent_potential(model, tiny_model_dir,
+                                                                   tmp_path):
+    import shutil
+
+    from ebgen import load_model
+    from ebgen.serve.validation import Limits, check_generate
+
+    params = check_generate({"num_samples": 3, "seed": 2, "format": "npy", "refine_steps": "4",
+                             "refine_step_size": "0.2"}, Limits())
+    assert (params.refine_steps, params.refine_step_size) == (4, 0.2)
+    assert check_generate({}, Limits()).refine_steps == 0
+    for bad in ({"refine_steps": 5}, {"refine_steps": -1}, {"refine_steps": True},
+                {"refine_step_size": 11}, {"refine_step_size": float("nan")},
+                {"refine_step_size": [1]}, {"refine_step_size": False}):
+        with pytest.raises(RequestError) as err:
+            check_generate(bad, Limits(max_refine_steps=4))
+        assert err.value.status == 422 and "refine_step" in str(err.value)
+    z, _ = model.refine(model.latents(3, 2), steps=4, step_size=0.2, seed=2)
+    reply = service.generate_batch(model, [params])[0]
+    np.testing.assert_allclose(np.load(io.BytesIO(reply.body)), model.generate_from_latents(z),
+                               atol=1e-6)
+    old = tmp_path / "old"  # exported before latent_potential.onnx existed
+    shutil.copytree(tiny_model_dir, old)
+    (old / "latent_potential.onnx").unlink()
+    info = json.loads((old / "model.json").read_text())
+    del info["onnx"]["latent_potential"]
+    (old / "model.json").write_text(json.dumps(info))
+    replies = service.generate_batch(load_model(old, "cpu"),
+                                     [params, GenerateParams(num_samples=2)])
+    assert replies[0].status == 422 and b"latent_potential.onnx" in replies[0].body
+    assert replies[1].status == 200  # its batch neighbour is answered

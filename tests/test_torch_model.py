@@ -2,6 +2,8 @@
 `ebgen.load_torch` gives nets that agree with onnxruntime and provide gradients."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,7 @@ def test_latent_mala_moves_towards_low_energy_and_stays_in_the_latent_cube():
     assert model.energy(model.generate_from_latents(refined)).mean() < raw_energy
     again, _ = model.refine(z, steps=10, step_size=0.05, seed=1)
     np.testing.assert_array_equal(again, refined)  # seeded
-    with pytest.raises(EbgenError, match="step_size must be positive"):
+    with pytest.raises(EbgenError, match="step_size must be a positive number"):
         model.refine(z, steps=1, step_size=0.0)
 
 
@@ -90,12 +92,23 @@ def test_generate_refine_steps_from_the_cli(tmp_path, tiny_model_dir):
     raw = tmp_path / "raw.npy"
     CliRunner().invoke(cli, ["generate", "--model", "grid", "-n", "50", "--out", str(raw)])
     assert not np.allclose(np.load(raw), np.load(out))
-    old = tmp_path / "old"
-    shutil.copytree(tiny_model_dir, old)
-    shutil.rmtree(old / "torch")
+    onnx_only = tmp_path / "onnx_only"  # no torch: onnxruntime runs latent_potential.onnx
+    shutil.copytree(tiny_model_dir, onnx_only)
+    shutil.rmtree(onnx_only / "torch")
+    refined = CliRunner().invoke(cli, ["generate", "--model", str(onnx_only), "-n", "4",
+                                       "--refine-steps", "5", "--out", str(tmp_path / "r.npy")])
+    assert refined.exit_code == 0, refined.output
+    assert np.load(tmp_path / "r.npy").shape == (4, 1, 8, 8)
+    old = tmp_path / "old"  # ... nor latent_potential.onnx: an export from before it existed
+    shutil.copytree(onnx_only, old)
+    (old / "latent_potential.onnx").unlink()
+    info = json.loads((old / "model.json").read_text())
+    del info["onnx"]["latent_potential"]
+    (old / "model.json").write_text(json.dumps(info))
     refused = CliRunner().invoke(cli, ["generate", "--model", str(old), "-n", "4",
                                        "--refine-steps", "5", "--out", str(tmp_path / "m.png")])
     assert refused.exit_code == 2 and "carries no PyTorch weights" in refused.output
+    assert "no latent_potential.onnx" in refused.output
 
 
 def test_the_bundled_mnist_carries_weights_that_match_its_onnx_files():

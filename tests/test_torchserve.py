@@ -157,6 +157,12 @@ def test_generate_png_grid_npy_json_match_in_process(ts, client, model):
     assert js["seed"] == 5 and "grid" in js
     for image, want in zip(js["images"], model.generate_uint8(3, 5)):
         np.testing.assert_array_equal(codecs.decode_base64_image(image), want)
+    refined = client.post(ts.url("generate"), json={"num_samples": 4, "seed": 5, "format": "npy",
+                                                    "refine_steps": 3})  # the archive's
+    assert refined.status_code == 200, refined.text  # latent_potential.onnx, no torch
+    z, _ = model.refine(model.latents(4, 5), steps=3, seed=5)
+    np.testing.assert_allclose(np.load(io.BytesIO(refined.content)),
+                               model.generate_from_latents(z), atol=1e-5)
 
 
 def test_score_png_npy_batch_and_mnist(ts, client, model, mnist_digits):
