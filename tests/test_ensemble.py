@@ -113,6 +113,10 @@ def test_an_ensemble_trains_exports_and_serves_its_mean(tmp_path):
     with torch.no_grad():
         members = torch.stack([m(torch.from_numpy(x)) for m in energy.members]).mean(0)
     np.testing.assert_allclose(served, members.numpy(), rtol=1e-4, atol=1e-4)
+    refiner = load_model(out, device="cpu")  # the mean's potential went to ONNX as well
+    assert refiner.can_refine
+    z, accepted = refiner.refine(refiner.latents(16, seed=1), steps=5, seed=1)
+    assert z.shape == (16, refiner.z_dim) and 0 < accepted <= 1
 
 
 def test_the_cli_option(tmp_path):
