@@ -139,3 +139,27 @@ def test_refine_without_torch_weights_runs_in_onnxruntime_and_says_so_without_ei
         ebgen.load_refiner(old)
     with pytest.raises(EbgenError, match="cannot refine latents without torch"):
         ebgen.load_model(old, "cpu").refine(z, steps=1)
+
+
+def test_a_normal_latent_model_refines_the_same_in_onnxruntime_and_pytorch(tmp_path):
+    """Normal latents: u is the latent itself (no change of variables); the exported
+    potential and autograd's drive the same chain."""
+    import ebgen
+    from ebgen.export import export_model
+    from ebgen.presets import preset_config
+    from ebgen.train import train
+
+    config = preset_config("toy2d", latent="normal", energy_width=16, num_experts=8,
+                           generator_width=16, steps=40, sample_every=1000,
+                           checkpoint_every=1000, num_eval_samples=64)
+    train(config, tmp_path / "run", progress=False)
+    model_dir = export_model(tmp_path / "run", tmp_path / "model", archive=False,
+                             progress=False)
+    model, torch_model = ebgen.load_model(model_dir, "cpu"), ebgen.load_torch(model_dir)
+    assert model.can_refine and model.distribution == "normal"
+    z = model.latents(200, seed=3)
+    ort_z, ort_rate = model.refine(z, steps=10, step_size=0.1, seed=1)
+    torch_z, torch_rate = torch_model.refine(z, steps=10, step_size=0.1, seed=1)
+    assert 0.3 < ort_rate <= 1 and abs(ort_rate - torch_rate) < 0.05
+    assert (np.abs(ort_z - torch_z).max(1) < 1e-3).mean() >= 0.9
+    assert np.abs(ort_z).max() > 1.0  # unbounded, as a normal latent is
