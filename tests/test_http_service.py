@@ -222,6 +222,34 @@ def test_a_500_is_one_line_json_counted_and_keeps_the_connection(model, tiny_mod
         assert 'ebgen_requests_total{endpoint="/generate",status="500"} 1.0' in metrics
 
 
+def test_refinement_runs_off_the_event_loop(tiny_model_dir):
+    """A long refined /generate (8,192 samples × 100 MALA steps, seconds of work) never holds
+    up the one event loop: health checks sent meanwhile are answered at once."""
+    import time
+
+    from ebgen.serve.http_service import ServeConfig, create_app
+    from ebgen.serve.validation import Limits
+
+    app = create_app(ServeConfig(str(tiny_model_dir), device="cpu",
+                                 limits=Limits(max_samples=8192)))
+    with _in_process_server(app) as base, ThreadPoolExecutor(1) as pool:
+        with httpx.Client(base_url=base, timeout=120) as slow_client, \
+                httpx.Client(base_url=base, timeout=30) as client:
+            started = time.perf_counter()
+            slow = pool.submit(slow_client.post, "/generate", json={
+                "num_samples": 8192, "seed": 1, "format": "npy", "refine_steps": 100})
+            latencies = []
+            while not slow.done():
+                sent = time.perf_counter()
+                assert client.get("/v2/health/live").status_code == 200
+                latencies.append(time.perf_counter() - sent)
+                time.sleep(0.05)
+            assert slow.result().status_code == 200
+            took = time.perf_counter() - started
+    assert took > 1.0, f"the refinement took {took:.2f} s: too short to tell"
+    assert len(latencies) >= 5 and max(latencies) < min(0.5, took / 2), (took, latencies)
+
+
 def test_a_lone_request_gets_the_workers_cores_and_the_same_answer(model, tiny_model_dir):
     """Issue 16: a batch running by itself goes to sessions on all the worker's threads (the
     cores of its --parallel-batches); their answers match the one-thread sessions'."""
