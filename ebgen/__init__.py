@@ -64,16 +64,17 @@ def load_refiner(path, device: str = "cpu"):
     from .errors import EbgenError
     from .names import CONFIG_FILE
 
-    if not (Path(path).expanduser() / CONFIG_FILE).is_file():
-        model = load_model(path, device)
-        if model.can_refine:
-            return model
-        try:
-            return load_torch(path, "cpu" if device == "auto" else device)
-        except EbgenError as e:
-            raise EbgenError(f"{path} cannot refine latents: it has no latent_potential.onnx "
-                             f"(re-export it with `ebgen export`), and {e}") from None
-    return load_torch(path, "cpu" if device == "auto" else device)
+    torch_device = "cpu" if device == "auto" else device
+    if (Path(path).expanduser() / CONFIG_FILE).is_file():
+        return load_torch(path, torch_device)
+    model = load_model(path, device)
+    if model.can_refine:
+        return model
+    try:
+        return load_torch(path, torch_device)
+    except EbgenError as e:
+        raise EbgenError(f"{path} cannot refine latents: it has no latent_potential.onnx "
+                         f"(re-export it with `ebgen export`), and {e}") from None
 
 
 def calibrate(model, x, fpr: float = 0.01, out=None, source: str = ""):

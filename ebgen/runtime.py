@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,9 @@ class InferenceModel:
         self._energy = _Net(self.directory, onnx["energy"], providers, threads)
         self._potential_entry: dict[str, Any] = onnx.get("latent_potential") or {
             "skipped": "exported before ebgen wrote latent_potential.onnx: re-export it"}
-        self._potential = (ort_session(model_file(self.directory, self._potential_entry),
-                                       providers, threads) if self.can_refine else None)
+        self._potential: Any = None  # its session, made by the first `refine` (scoring and
+        self._potential_lock = threading.Lock()  # plain generation never need it)
+        self._providers, self._threads = providers, threads
         self.providers: list[str] = self._generator.session.get_providers()
         if device.startswith("cuda") and CUDA_PROVIDER not in self.providers:
             raise EbgenError(f"device {device!r} asked for, but onnxruntime could not create a "
@@ -126,11 +128,15 @@ class InferenceModel:
         z = np.asarray(z, dtype=np.float32)
         if z.ndim != 2 or z.shape[1] != self.z_dim:
             raise EbgenError(f"latents must be (n, {self.z_dim}), got {z.shape}")
-        names = list(self._potential_entry["outputs"])
+        with self._potential_lock:
+            if self._potential is None:
+                self._potential = ort_session(model_file(self.directory, self._potential_entry),
+                                              self._providers, self._threads)
+        session, names = self._potential, list(self._potential_entry["outputs"])
 
         def potential(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            value, grad = self._potential.run(
-                names, {self._potential_entry["input"]: np.ascontiguousarray(u)})
+            value, grad = session.run(names, {self._potential_entry["input"]:
+                                              np.ascontiguousarray(u)})
             return value, grad
 
         return refine_latents(z, self.distribution, potential, steps, step_size, seed,

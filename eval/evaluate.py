@@ -142,11 +142,12 @@ def _refined(model: Evaluated, target: str | Path, steps: int, step_size: float,
     the two reports compare sample for sample), and the refinement's record (its mean
     acceptance filled in once sampled)."""
     import ebgen
+    from ebgen.runtime import InferenceModel
 
     refiner = ebgen.load_refiner(target, "cpu" if device in (None, "auto", "cpu") else device)
     record: dict[str, Any] = {"steps": int(steps), "step_size": float(step_size),
                               "accepted": None,
-                              "engine": "onnxruntime" if hasattr(refiner, "can_refine")
+                              "engine": "onnxruntime" if isinstance(refiner, InferenceModel)
                               else "torch"}
 
     def sample(n: int) -> np.ndarray:

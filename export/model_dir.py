@@ -185,8 +185,8 @@ def export_networks(model: ModelConfig, energy: torch.nn.Module, generator: torc
 
 
 def export_potential(model: ModelConfig, energy: torch.nn.Module, generator: torch.nn.Module,
-                      directory: Path, opset: int, say
-                      ) -> tuple[dict[str, Any], dict[str, float] | None]:
+                     directory: Path, opset: int, say
+                     ) -> tuple[dict[str, Any], dict[str, float] | None]:
     """Write latent_potential.onnx (refinement without torch) into `directory`: its model.json
     `onnx` entry and its parity, or, when the networks cannot be exported that way, a
     `skipped` entry saying why and None: refinement then needs the PyTorch weights, and

@@ -61,22 +61,24 @@ def quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, input_name: str,
-                output_name: str, opset: int = 18) -> Path:
+def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path,
+                input_name: str, output_name: str | Sequence[str], opset: int = 18) -> Path:
     """Export `module` (put in eval mode) to `path` and run the full ONNX checker.
 
-    The first axis of input and output is the dynamic axis `BATCH_AXIS`; weights are stored
-    inside the file (no external data). Raises `EbgenError` when export or check fails.
+    `output_name` names the one output, or each of several in order. The first axis of every
+    input and output is the dynamic axis `BATCH_AXIS`; weights are stored inside the file (no
+    external data). Raises `EbgenError` when export or check fails.
     """
     import onnx
 
     path = Path(path)
+    outputs = [output_name] if isinstance(output_name, str) else list(output_name)
     module.eval()
     batch = torch.export.Dim(BATCH_AXIS, min=1)
     try:
         with quiet_exporter(), torch.no_grad():
             torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False,
-                              input_names=[input_name], output_names=[output_name],
+                              input_names=[input_name], output_names=outputs,
                               dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
     except Exception as e:  # exporter errors are long; the first line says what failed
         raise EbgenError(f"ONNX export of {path.name} failed: "
@@ -86,7 +88,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: str | Path, inpu
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:
         raise EbgenError(f"{path.name} fails the ONNX checker: {one_line(e)}") from e
-    check_signature(model, path.name, [input_name], [output_name])
+    check_signature(model, path.name, [input_name], outputs)
     return path
 
 

@@ -24,13 +24,12 @@ from torch import nn
 
 from ebgen.errors import EbgenError, one_line
 from ebgen.latents import sample_latents
-from ebgen.names import BATCH_AXIS, POTENTIAL_GRAD_OUTPUT, POTENTIAL_INPUT, POTENTIAL_OUTPUT
+from ebgen.names import POTENTIAL_GRAD_OUTPUT, POTENTIAL_INPUT, POTENTIAL_OUTPUT
 from ebgen.potential import LatentPotential
 from ebgen.refine import to_normal
 from ebgen.sessions import ort_session
 
-from .onnx_export import (EXPORT_BATCH, PARITY_BATCHES, RTOL, check_signature,
-                          drop_stack_traces, quiet_exporter)
+from .onnx_export import EXPORT_BATCH, PARITY_BATCHES, RTOL, export_onnx, quiet_exporter
 
 aten = torch.ops.aten
 
@@ -76,31 +75,17 @@ def trace_potential(potential: LatentPotential, z_dim: int) -> nn.Module:
 def export_latent_potential(potential: LatentPotential, z_dim: int, path: str | Path,
                             opset: int = 18) -> Path:
     """Write (U(u), ∇U(u)) of `potential` to `path` (input `u`, outputs `potential` and
-    `potential_grad`, dynamic batch axis) and run the full ONNX checker. Raises `EbgenError`
-    with the exporter's first line when tracing or export fails."""
-    import onnx
-
-    path = Path(path)
+    `potential_grad`, dynamic batch axis), checked as `export_onnx` checks every file. Raises
+    `EbgenError` with the first line of what failed when tracing or export fails."""
     potential.eval()
-    batch = torch.export.Dim(BATCH_AXIS, min=1)
     try:
         with quiet_exporter():
             module = trace_potential(potential, z_dim)
-            torch.onnx.export(module, (torch.zeros(EXPORT_BATCH, z_dim),), str(path),
-                              dynamo=True, external_data=False, input_names=[POTENTIAL_INPUT],
-                              output_names=[POTENTIAL_OUTPUT, POTENTIAL_GRAD_OUTPUT],
-                              dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
     except Exception as e:
-        raise EbgenError(f"ONNX export of {path.name} failed: "
+        raise EbgenError(f"tracing the gradient for {Path(path).name} failed: "
                          f"{type(e).__name__}: {one_line(e)}") from e
-    model = drop_stack_traces(path)
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:
-        raise EbgenError(f"{path.name} fails the ONNX checker: {one_line(e)}") from e
-    check_signature(model, path.name, [POTENTIAL_INPUT],
-                     [POTENTIAL_OUTPUT, POTENTIAL_GRAD_OUTPUT])
-    return path
+    return export_onnx(module, torch.zeros(EXPORT_BATCH, z_dim), path, POTENTIAL_INPUT,
+                       [POTENTIAL_OUTPUT, POTENTIAL_GRAD_OUTPUT], opset)
 
 
 def check_potential_parity(path: str | Path, potential: LatentPotential, z_dim: int,

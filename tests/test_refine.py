@@ -163,3 +163,26 @@ def test_a_normal_latent_model_refines_the_same_in_onnxruntime_and_pytorch(tmp_p
     assert 0.3 < ort_rate <= 1 and abs(ort_rate - torch_rate) < 0.05
     assert (np.abs(ort_z - torch_z).max(1) < 1e-3).mean() >= 0.9
     assert np.abs(ort_z).max() > 1.0  # unbounded, as a normal latent is
+
+
+def test_an_export_that_cannot_trace_the_gradient_skips_the_file_and_says_why(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """Everything else is still exported; refinement then falls back to the torch weights."""
+    import ebgen
+    from ebgen.export import export_model
+    from ebgen.export import potential_export
+
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("no decomposition for aten.some_backward")
+
+    monkeypatch.setattr(potential_export, "trace_potential", untraceable)
+    out = export_model(tiny_checkpoint, tmp_path / "model", archive=False, progress=False)
+    info = json.loads((out / "model.json").read_text())
+    assert "some_backward" in info["onnx"]["latent_potential"]["skipped"]
+    assert "latent_potential" not in info["parity"]
+    assert not (out / "latent_potential.onnx").exists()
+    model = ebgen.load_model(out, "cpu")
+    assert not model.can_refine and model.generate(2, seed=0).shape[0] == 2
+    refiner = ebgen.load_refiner(out)  # its torch/ weights
+    assert not isinstance(refiner, type(model))
+    assert refiner.refine(refiner.latents(3, seed=0), steps=2)[0].shape == (3, model.z_dim)
