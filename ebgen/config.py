@@ -8,6 +8,7 @@ starting points (presets, recipes) are in `ebgen.presets`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,10 @@ LATENTS = ("uniform", "normal")
 ENERGY_ACTIVATIONS = ("leaky_relu", "smooth_leaky_relu", "silu")
 #: The energy's base term (`ModelConfig.base`).
 BASES = ("gaussian", "data", "covariance")
+#: What R1 may penalise the gradient of: all of E, or E less its fixed base.
+R1_TARGETS = ("energy", "experts")
+#: Largest sample size (values per sample) the covariance base takes: its D×D precision.
+MAX_COVARIANCE_DIM = 4096
 #: Formats `DataConfig.dataset` names for data read from `path`.
 FILE_FORMATS = ("points", "mnist", "cifar10", "images")
 #: Data sets generated in code (the 2-D sets and the synthetic `shapes` images).
@@ -91,12 +96,14 @@ class ModelConfig:
                                  "between them; 0 = one connected latent.")
     base: str = opt("gaussian", "The energy's base term: gaussian (learned isotropic scale and "
                                 "bias), data (the training data's per-dimension mean and "
-                                "variance) or covariance (points: their mean and full "
-                                "covariance, so the energy starts as the data's Gaussian "
-                                "fit); data and covariance are fixed before training.", BASES)
+                                "variance) or covariance (their mean and full covariance, "
+                                "so the energy starts as the data's Gaussian fit; samples of "
+                                "up to 4,096 values); data and covariance are fixed before "
+                                "training.", BASES)
     base_min_variance: float = opt(0.05, "Variance floor of the data base (pixels in [-1, 1]), "
                                          "or of the covariance base's eigenvalues "
-                                         "(standardised units).")
+                                         "(standardised units for points, pixels for "
+                                         "images).")
     standardize: bool = opt(True, "Points: train the nets on the data standardised per "
                                   "dimension (the affine is saved with the model; inputs and "
                                   "outputs stay in your units; energies include the change of "
@@ -113,9 +120,11 @@ class ModelConfig:
             raise EbgenError(f"image size must be one of {IMAGE_SIZES}, got {self.image_size}")
         if self.kind == "image" and self.channels not in (1, 3):
             raise EbgenError(f"channels must be 1 (grey) or 3 (RGB), got {self.channels}")
-        if self.base not in BASES or (self.base == "covariance" and self.kind != "points"):
-            raise EbgenError(f"base must be one of {', '.join(BASES)} (covariance: points "
-                             f"models only), got {self.base!r} for a {self.kind} model")
+        if self.base not in BASES:
+            raise EbgenError(f"base must be one of {', '.join(BASES)}, got {self.base!r}")
+        if self.base == "covariance" and math.prod(self.sample_shape) > MAX_COVARIANCE_DIM:
+            raise EbgenError(f"base covariance holds a D×D matrix: D ≤ {MAX_COVARIANCE_DIM}, got "
+                             f"D = {math.prod(self.sample_shape)} (use --base data)")
         if self.energy_activation not in ENERGY_ACTIVATIONS:
             raise EbgenError(f"energy_activation must be one of {ENERGY_ACTIVATIONS}, got "
                              f"{self.energy_activation!r}")
@@ -199,6 +208,12 @@ class TrainConfig:
     gradient_penalty: float = opt(0.0, "R1 weight: ½‖∇ₓE‖² at data points (0 = off).")
     gradient_penalty_every: int = opt(1, "Apply R1 on every Nth energy step only, N times "
                                          "as strong (lazy regularisation): 1/N of its cost.")
+    gradient_penalty_on: str = opt("energy", "What R1 smooths: energy (all of E) or experts (E "
+                                             "less its fixed data or covariance base: the "
+                                             "base's own gradient at the data, huge under a "
+                                             "tight --base-min-variance, is no part of what "
+                                             "trains, and penalising it only pits the experts "
+                                             "against it).", R1_TARGETS)
     energy_magnitude: float = opt(0.0, "Weight of mean(E_data² + E_samples²) (0 = off).")
     score_matching: float = opt(0.0, "Weight of score matching of E at the data: shapes each "
                                      "energy well (ddgm only; 0 = off).")
@@ -276,6 +291,9 @@ class TrainConfig:
         if self.fourier_from is not None and not 0.0 <= self.fourier_from < 1.0:
             raise EbgenError(f"fourier_from is a share of the steps in [0, 1), "
                              f"got {self.fourier_from}")
+        if self.gradient_penalty_on not in R1_TARGETS:
+            raise EbgenError(f"gradient_penalty_on must be one of {', '.join(R1_TARGETS)}, got "
+                             f"{self.gradient_penalty_on!r}")
         if self.gradient_penalty_every < 1:
             raise EbgenError(f"gradient_penalty_every is a number of steps >= 1, "
                              f"got {self.gradient_penalty_every}")
@@ -319,6 +337,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "toy2d"
+
+    def __post_init__(self) -> None:
+        if self.train.gradient_penalty_on == "experts" \
+                and self.model.base not in ("data", "covariance"):
+            raise EbgenError("gradient_penalty_on=experts needs a fixed base (--base data or "
+                             "covariance): the gaussian base is learned, part of what R1 smooths")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""

@@ -59,6 +59,15 @@ class EnergyEnsemble(nn.Module):
             member.switch_fourier(on)
 
     @torch.no_grad()
+    def base_gradient(self, u: torch.Tensor, split: bool = False) -> torch.Tensor:
+        """∇ᵤ of the members' mean fixed base at `u`; with `split`, chunk k by member k's base
+        alone (as `forward(split=True)` scores it)."""
+        if split:
+            return torch.cat([member.base_gradient(chunk) for member, chunk
+                              in zip(self.members, u.chunk(self.num_members))])
+        return torch.stack([member.base_gradient(u) for member in self.members]).mean(0)
+
+    @torch.no_grad()
     def base_whitening(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(μ, L, c) of the mean of the members' Gaussian bases, itself a Gaussian: with
         precisions P_k = (L_k L_kᵀ)⁻¹ the mean base is ½ uᵀ P̄ u − bᵀu + const, P̄ the mean

@@ -120,6 +120,17 @@ class EnergyModel(nn.Module):
             self.base_precision.copy_(1.0 / flat.var(0, unbiased=False).clamp_min(floor))
 
     @torch.no_grad()
+    def base_gradient(self, u: torch.Tensor) -> torch.Tensor:
+        """∇ᵤ of the fixed data or covariance base term at standardised inputs `u` (the shape of
+        u): what R1 leaves out under `gradient_penalty_on="experts"`."""
+        centred = u.flatten(1) - self.base_mean
+        if self.config.base == "data":
+            return (centred * self.base_precision).view_as(u)
+        if self.config.base == "covariance":
+            return (centred @ self.base_precision).view_as(u)
+        raise ValueError("the gaussian base is learned: it has no fixed gradient to leave out")
+
+    @torch.no_grad()
     def base_whitening(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(μ, L, c) with the base energy of standardised u = μ + L v equal to ½‖v‖² + c:
         the base is the Gaussian N(μ, L Lᵀ) (float64; L lower triangular, (D, D)). What

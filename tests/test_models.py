@@ -258,8 +258,9 @@ def test_covariance_base_starts_the_energy_as_the_datas_gaussian_fit():
     e = energy(torch.from_numpy(x[:100]).float()).detach().double().numpy()
     maha = GaussianBaseline().fit(x).score(x[:100])
     np.testing.assert_allclose(e - e.mean(), 0.5 * (maha - maha.mean()), atol=1e-2)
-    with pytest.raises(EbgenError, match="covariance: points models only"):
-        ModelConfig(kind="image", base="covariance")
+    assert ModelConfig(kind="image", base="covariance", image_size=28).base == "covariance"
+    with pytest.raises(EbgenError, match="D ≤ 4096"):  # 3 × 64 × 64 = 12,288 values a sample
+        ModelConfig(kind="image", base="covariance", image_size=64, channels=3)
 
 
 def test_fourier_features_switched_on_join_from_zero():

@@ -1,5 +1,6 @@
 """The stabilising ingredients of the default recipe, and the recipes themselves."""
 import copy
+import dataclasses
 import json
 import math
 import subprocess
@@ -442,3 +443,43 @@ def test_the_handover_switches_on_fourier_features_and_the_deployed_generator(tm
     assert joined == [0.0, 0.0, 1.0]  # steps 0, 1 off; on at step 2 (≥ 0.3 · 6)
     with pytest.raises(EbgenError, match="fourier_from"):
         preset_config("toy2d", fourier_from=1.0)
+
+
+@pytest.mark.parametrize("base,members", [("data", 1), ("covariance", 1), ("covariance", 2)])
+def test_r1_on_the_experts_leaves_the_fixed_base_out(base, members):
+    """gradient_penalty_on="experts": R1 of E less its fixed base, for every member alone."""
+    from ebgen.models import build_models
+
+    config = preset_config("toy2d", data_dim=3, num_components=0, base=base,
+                           base_min_variance=1e-4, energy_members=members, gradient_penalty=1.0,
+                           gradient_penalty_on="experts", data_shift=[1.0, -2.0, 0.0],
+                           data_scale=[2.0, 1.0, 0.05])
+    torch.manual_seed(0)
+    energy, _ = build_models(config.model)  # standardised inputs (the points' affine)
+    x = torch.randn(512, 3) * torch.tensor([2.0, 1.0, 0.0])
+    x[:, 2] = 0.025 * x[:, 0] + 0.001 * torch.randn(512)  # nearly a line: a stiff direction
+    x = x + torch.tensor([1.0, -2.0, 0.0])
+    energy.fit_base(x)
+    rows, x_fake = x[:16], torch.randn(16, 3)
+    weights = TermWeights(r1=1.0)
+    step = energy_terms(energy, rows, x_fake, config.train, weights)
+    members = list(getattr(energy, "members", [energy]))
+    want = []
+    for member in members:  # ½‖∇(E − base)‖², the base's energy taken out by hand
+        u = rows.clone().requires_grad_(True)
+        flat = member.affine.standardise(u).flatten(1) - member.base_mean
+        quadratic = (flat @ member.base_precision * flat if base == "covariance"
+                     else flat.pow(2) * member.base_precision)
+        experts_only = member(u) - 0.5 * quadratic.sum(1)
+        want.append(gradient_penalty(input_gradients(experts_only, u) * member.input_scale))
+    assert step.terms["r1"].item() == pytest.approx(torch.stack(want).mean().item(), rel=1e-4)
+    whole = energy_terms(energy, rows, x_fake, dataclasses.replace(
+        config.train, gradient_penalty_on="energy"), weights).terms["r1"]
+    if base == "covariance":  # the stiff direction's base gradient dominates all of E's
+        assert whole.item() > 10 * step.terms["r1"].item()
+    else:
+        assert whole.item() != pytest.approx(step.terms["r1"].item(), rel=1e-2)
+    with pytest.raises(EbgenError, match="needs a fixed base"):
+        preset_config("toy2d", base="gaussian", gradient_penalty_on="experts")
+    with pytest.raises(EbgenError, match="gradient_penalty_on must be one of"):
+        preset_config("toy2d", gradient_penalty_on="generator")

@@ -4,7 +4,8 @@
 `metrics.jsonl` as `term_<name>`), with the energies of the data and the samples:
 
     contrast        DDGM: mean E(data) − mean E(samples); GAN: the discriminator's loss
-    r1              ½‖∇ᵤE‖² at the data (Mescheder et al. 2018)
+    r1              ½‖∇ᵤE‖² at the data (Mescheder et al. 2018); of E less its fixed base
+                    with `gradient_penalty_on="experts"`
     score_matching  denoising (Vincent 2011) or exact (the Laplacian of E) score matching
     calibration     the importance-weighted likelihood of the data batch (ebgen.losses)
     likelihood      importance-sampled maximum likelihood with a known proposal
@@ -143,7 +144,12 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
     else:
         terms["contrast"] = gan_discriminator_loss(energy_data, energy_samples)
     if r1 > 0:
-        terms["r1"] = r1 * gradient_penalty(grad_by_member[:, :n].flatten(0, 1))
+        grad_data = grad_by_member[:, :n]
+        if cfg.gradient_penalty_on == "experts":  # E less its fixed base: a constant offset
+            u = standardise(inputs.detach())
+            base = net.base_gradient(u, split=True) if k > 1 else net.base_gradient(u)
+            grad_data = grad_data - base.view(k, -1, *base.shape[1:])[:, :n]
+        terms["r1"] = r1 * gradient_penalty(grad_data.flatten(0, 1))
     if sm > 0 and exact:
         noisy_rows = torch.arange(len(inputs), device=inputs.device).view(k, -1)[:, -len(noise):]
         terms["score_matching"] = sm * exact_score_matching(grad, inputs, scale,
