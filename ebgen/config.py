@@ -215,6 +215,12 @@ class TrainConfig:
                                              "trains, and penalising it only pits the experts "
                                              "against it).", R1_TARGETS)
     energy_magnitude: float = opt(0.0, "Weight of mean(E_data² + E_samples²) (0 = off).")
+    sample_noise: float = opt(0.0, "Std of Gaussian noise added to the generator's samples in "
+                                   "training, both steps (standardised units for points, "
+                                   "pixels in [-1, 1] for images): negatives off the "
+                                   "generator's manifold, so the energy learns where mass "
+                                   "goes in every direction, not only along the samples' "
+                                   "(0 = off; the deployed generator never adds it).")
     score_matching: float = opt(0.0, "Weight of score matching of E at the data: shapes each "
                                      "energy well (ddgm only; 0 = off).")
     score_matching_std: float = opt(0.01, "Noise std of denoising score matching, in "
@@ -277,6 +283,9 @@ class TrainConfig:
         if self.calibrate_entropy is not None and self.calibrate_entropy not in ENTROPY_ESTIMATES:
             raise EbgenError(f"calibrate_entropy must be one of {ENTROPY_ESTIMATES}, got "
                              f"{self.calibrate_entropy!r}")
+        if self.sample_noise < 0:
+            raise EbgenError(f"sample_noise is a noise std and must be >= 0, got "
+                             f"{self.sample_noise}")
         weights = {"score_matching": self.score_matching, "calibration": self.calibration,
                    "likelihood": self.likelihood,
                    "gradient_penalty": self.gradient_penalty,

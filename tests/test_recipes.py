@@ -483,3 +483,26 @@ def test_r1_on_the_experts_leaves_the_fixed_base_out(base, members):
         preset_config("toy2d", base="gaussian", gradient_penalty_on="experts")
     with pytest.raises(EbgenError, match="gradient_penalty_on must be one of"):
         preset_config("toy2d", gradient_penalty_on="generator")
+
+
+def test_sample_noise_moves_the_negatives_by_its_std_in_standardised_units(tmp_path):
+    from ebgen.checkpoint import unwrap
+
+    config = preset_config("toy2d", steps=1, sample_noise=0.5, num_components=0)
+    trainer = Trainer(config, tmp_path, progress=False)
+    energy = unwrap(trainer.energy)
+    scale = energy.input_scale
+    assert torch.is_tensor(scale) and not torch.allclose(scale, torch.ones_like(scale))
+    seen = []
+    energy.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    trainer._set_phase()
+    _, z = trainer._draw()  # seeds this step's torch stream, as train_step will
+    with torch.no_grad():
+        clean = trainer.generator(z)
+        want = clean + 0.5 * scale * torch.randn_like(clean)
+    trainer.train_step()
+    torch.testing.assert_close(seen[0], want)  # the generator step's E(samples): noised
+    noise = (seen[0] - clean) / scale
+    assert 0.35 < noise.std().item() < 0.65
+    with pytest.raises(EbgenError, match="sample_noise is a noise std"):
+        preset_config("toy2d", sample_noise=-0.1)

@@ -158,6 +158,9 @@ class Trainer:
         log_q = None
         with self._autocast(), no_sync():
             x_fake = self.generator(z)
+            if cfg.sample_noise > 0:  # in standardised units: x moves by scale · noise
+                x_fake = x_fake + cfg.sample_noise * unwrap(self.energy).input_scale \
+                    * torch.randn_like(x_fake)
             energy_fake = self.energy(x_fake)
             if estimate == "mi" and self.statistics is not None:  # T and G both raise the MI
                 entropy = jsd_mutual_information(self.statistics, x_fake, z)
