@@ -98,8 +98,8 @@ class ModelConfig:
                                 "bias), data (the training data's per-dimension mean and "
                                 "variance) or covariance (their mean and full covariance, "
                                 "so the energy starts as the data's Gaussian fit; samples of "
-                                "up to 4,096 values); data and covariance are fixed before "
-                                "training.", BASES)
+                                f"up to {MAX_COVARIANCE_DIM:,} values); data and covariance "
+                                "are fixed before training.", BASES)
     base_min_variance: float = opt(0.05, "Variance floor of the data base (pixels in [-1, 1]), "
                                          "or of the covariance base's eigenvalues "
                                          "(standardised units for points, pixels for "

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 import numpy as np
 
 #: The latent MALA step size (`ebgen.refine`) `ebgen generate`, `ebgen eval`, the servers'
-#: `refine_step_size` and both engines' `refine` use unless told, in the units of the normal variable behind the latent
-#: (69 % of moves accepted on the bundled mnist, 75–92 % in 2-D). Here, not in the torch
-#: module, so the CLI's options read it without importing torch.
+#: `refine_step_size` and both engines' `refine` use unless told, in the units of the normal
+#: variable behind the latent (69 % of moves accepted on the bundled mnist, 75–92 % in 2-D).
+#: Here, not in the torch module, so the CLI's options read it without importing torch.
 REFINE_STEP_SIZE = 0.05
 
 #: Latent distributions a Generator can be trained with.

@@ -145,10 +145,10 @@ def energy_terms(energy: torch.nn.Module, x: torch.Tensor, x_fake: torch.Tensor,
         terms["contrast"] = gan_discriminator_loss(energy_data, energy_samples)
     if r1 > 0:
         grad_data = grad_by_member[:, :n]
-        if cfg.gradient_penalty_on == "experts":  # E less its fixed base: a constant offset
-            u = standardise(inputs.detach())
+        if cfg.gradient_penalty_on == "experts":  # E less its fixed base (no parameters)
+            u = standardise(inputs.detach().view(k, -1, *x.shape[1:])[:, :n].flatten(0, 1))
             base = net.base_gradient(u, split=True) if k > 1 else net.base_gradient(u)
-            grad_data = grad_data - base.view(k, -1, *base.shape[1:])[:, :n]
+            grad_data = grad_data - base.view_as(grad_data)
         terms["r1"] = r1 * gradient_penalty(grad_data.flatten(0, 1))
     if sm > 0 and exact:
         noisy_rows = torch.arange(len(inputs), device=inputs.device).view(k, -1)[:, -len(noise):]
