@@ -56,7 +56,7 @@ def sigmoid_schedule(temperatures: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-class _Whitened:
+class WhitenedEnergy:
     """The energy in whitened coordinates v: g(v) = E(x(v)) − the affine's log-det, and the
     base h(v) = ½‖v‖² + c, with log Z = log|L| + log ∫ exp(−g)."""
 
@@ -90,8 +90,8 @@ class _Whitened:
         return 0.5 * self.dim * math.log(2 * math.pi) - self.offset + self.log_det_scale
 
 
-def _mala_step(target: _Whitened, v, g_v, grad_g, beta: float, step: torch.Tensor,
-               generator: torch.Generator):
+def mala_step(target: WhitenedEnergy, v, g_v, grad_g, beta: float, step: torch.Tensor,
+              generator: torch.Generator):
     """One Metropolis-adjusted Langevin step on E_β = (1 − β) h + β g, per chain."""
     def energy_and_grad(values, g_values, g_grads):
         e = (1 - beta) * target.h(values) + beta * g_values
@@ -115,7 +115,7 @@ def _mala_step(target: _Whitened, v, g_v, grad_g, beta: float, step: torch.Tenso
             torch.where(keep, grad_g_p, grad_g), accept)
 
 
-def _anneal(target: _Whitened, v: torch.Tensor, betas: torch.Tensor, step: torch.Tensor,
+def _anneal(target: WhitenedEnergy, v: torch.Tensor, betas: torch.Tensor, step: torch.Tensor,
             generator: torch.Generator, progress: Callable[[int], None] | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Run chains from `v` through `betas` (in order); (log weights, end states, step sizes,
@@ -125,8 +125,8 @@ def _anneal(target: _Whitened, v: torch.Tensor, betas: torch.Tensor, step: torch
     accepted = 0.0
     for t in range(1, len(betas)):
         log_w += (betas[t] - betas[t - 1]).item() * (target.h(v) - g_v)
-        v, g_v, grad_g, accept = _mala_step(target, v, g_v, grad_g, betas[t].item(), step,
-                                             generator)
+        v, g_v, grad_g, accept = mala_step(target, v, g_v, grad_g, betas[t].item(), step,
+                                            generator)
         rate = accept.double()
         step = step * torch.exp(0.05 * (rate - TARGET_ACCEPTANCE)).float()
         accepted += float(rate.mean())
@@ -155,7 +155,7 @@ def log_partition(energy: torch.nn.Module, chains: int = 128, temperatures: int 
     """
     started = time.perf_counter()
     energy = energy.eval()
-    target = _Whitened(energy)
+    target = WhitenedEnergy(energy)
     generator = torch.Generator().manual_seed(seed)
     betas = sigmoid_schedule(temperatures)
     v = torch.randn(chains, target.dim, generator=generator)
@@ -207,7 +207,7 @@ def quadrature_log_partition(energy: torch.nn.Module, tolerance: float = 0.005,
     from ebgen.metrics.points import energy_grid, grid_log_z
 
     started = time.perf_counter()
-    target = _Whitened(energy.eval())
+    target = WhitenedEnergy(energy.eval())
     if target.dim != 2:
         raise ValueError(f"quadrature needs a 2-D energy, got {target.dim} dimensions")
     g = lambda v: target.g(torch.from_numpy(v), grad=False)[0].numpy()
