@@ -171,8 +171,9 @@ def main() -> None:
         "diagonal_gaussian": round(like["bits_per_dim_diagonal_gaussian"], 3),
         "ppca50": round(like["bits_per_dim_ppca50"], 3),
         "auroc": {k: round(auroc[k], 4) for k in ("noise", "blur", "inverted", "shifted")},
-        "confident_share": report["confident_share"],
-        "frechet_distance": round(report["frechet_distance"], 2)}))
+        # the digit classifier's figures (28×28 grey models only; other sizes have none)
+        "confident_share": report.get("confident_share"),
+        "frechet_distance": report.get("frechet_distance")}))
 
 
 if __name__ == "__main__":
