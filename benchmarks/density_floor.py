@@ -23,22 +23,51 @@ import tempfile
 from pathlib import Path
 
 
+def load_image_run(run: str, data: str | None) -> tuple:
+    """(config, energy, generator, meta, train, heldout) of checkpoint `run`, an image model
+    with the data base; `data` replaces the path it trained on."""
+    from ebgen.checkpoint import load_checkpoint
+    from ebgen.data import load_data
+
+    config, energy, generator, meta = load_checkpoint(run)
+    if config.model.base != "data" or config.model.kind != "image":
+        raise SystemExit(f"{run}: needs an image model with the data base")
+    data_config = config.data if data is None else dataclasses.replace(
+        config.data, path=data, dataset=None)
+    train, heldout = load_data(data_config, config.model, seed=config.train.seed)
+    return config, energy, generator, meta, train, heldout
+
+
+def refit_floor(config, energy, train, floor: float) -> None:
+    """Refit the energy's data base to the training images at variance floor `floor` (and
+    record the floor in `config`)."""
+    import torch
+
+    config.model.base_min_variance = energy.config.base_min_variance = floor
+    energy.fit_base(train.batch(torch.arange(min(len(train), 60_000))))
+
+
+def report_with_log_z(checkpoint: Path, scratch: Path, data: str | None, chains: int,
+                      temperatures: int) -> dict:
+    """`ebgen eval --anomaly` (2,000 samples) of `checkpoint` exported into `scratch` with
+    log Z by AIS."""
+    from ebgen.eval import evaluate
+    from ebgen.export import export_model
+
+    model_dir = export_model(checkpoint, scratch / "model", archive=False, progress=False,
+                             log_z={"chains": chains, "temperatures": temperatures})
+    return evaluate(model_dir, num_samples=2000, data_path=data, device="cpu", anomaly=True)
+
+
 def base_only_bits_per_dim(run: str, data: str | None, seed: int = 0) -> dict:
     """bits/dim of the held-out images under the model's base Gaussian alone."""
     import numpy as np
     import torch
 
-    from ebgen.checkpoint import load_checkpoint
-    from ebgen.data import load_data
     from ebgen.metrics.likelihood import bits_per_dim, dequantise
     from ebgen.pixels import uint8_to_unit
 
-    config, energy, _, _ = load_checkpoint(run)
-    if config.model.base != "data" or config.model.kind != "image":
-        raise SystemExit(f"{run}: needs an image model with the data base")
-    data_config = config.data if data is None else dataclasses.replace(
-        config.data, path=data, dataset=None)
-    _, heldout = load_data(data_config, config.model, seed=config.train.seed)
+    config, energy, _, _, _, heldout = load_image_run(run, data)
     test, volume = dequantise(uint8_to_unit(heldout.values).numpy(), np.random.default_rng(seed))
     mean, scale, _ = energy.base_whitening()  # N(mean, scale²): its constant cancels in log Z
     flat = torch.from_numpy(test.reshape(len(test), -1))
@@ -50,33 +79,21 @@ def base_only_bits_per_dim(run: str, data: str | None, seed: int = 0) -> dict:
             "bits_per_dim": bits_per_dim(nll - volume, dim)}
 
 
-def refloored(run: str, floor: float, out: Path) -> Path:
+def refloored(run: str, floor: float, data: str | None, out: Path) -> Path:
     """A copy of checkpoint `run` with its data base refitted at variance floor `floor`."""
-    import torch
+    from ebgen.checkpoint import save_checkpoint
 
-    from ebgen.checkpoint import load_checkpoint, save_checkpoint
-    from ebgen.data import load_data
-
-    config, energy, generator, meta = load_checkpoint(run)
-    train, _ = load_data(config.data, config.model, seed=config.train.seed)
-    config.model.base_min_variance = energy.config.base_min_variance = floor
-    energy.fit_base(train.batch(torch.arange(min(len(train), 60_000))))
+    config, energy, generator, meta, train, _ = load_image_run(run, data)
+    refit_floor(config, energy, train, floor)
     save_checkpoint(out, config, energy, generator, meta.get("step", 0))
     return out
 
 
 def measure(run: str, floor: float, data: str | None, chains: int, temperatures: int) -> dict:
     """`ebgen eval --anomaly` of `run` refloored and exported with log Z."""
-    from ebgen.eval import evaluate
-    from ebgen.export import export_model
-
     with tempfile.TemporaryDirectory() as scratch:
-        checkpoint = refloored(run, floor, Path(scratch) / "checkpoint")
-        model_dir = export_model(checkpoint, Path(scratch) / "model", archive=False,
-                                 progress=False,
-                                 log_z={"chains": chains, "temperatures": temperatures})
-        return evaluate(model_dir, num_samples=2000, data_path=data, device="cpu",
-                        anomaly=True)
+        checkpoint = refloored(run, floor, data, Path(scratch) / "checkpoint")
+        return report_with_log_z(checkpoint, Path(scratch), data, chains, temperatures)
 
 
 def main() -> None:

@@ -20,14 +20,15 @@ and the sample figures (the generator's samples do not change).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-TARGET_ACCEPTANCE = 0.574
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from density_floor import load_image_run, refit_floor, report_with_log_z  # noqa: E402
 
 
 def expert_profile(energy, target, scale, digits) -> str:
@@ -56,23 +57,16 @@ def finetune(run: str, out: Path, data: str | None, args: argparse.Namespace) ->
     import numpy as np
     import torch
 
-    from ebgen.checkpoint import load_checkpoint, save_checkpoint
-    from ebgen.data import load_data
-    from ebgen.export.partition import WhitenedEnergy, mala_step
+    from ebgen.checkpoint import save_checkpoint
+    from ebgen.export.partition import WhitenedEnergy, adapt_step_size, mala_step
     from ebgen.latents import sample_latents
     from ebgen.metrics.likelihood import dequantise
     from ebgen.models import EnergyModel
 
     torch.manual_seed(args.seed)
-    config, energy, generator, meta = load_checkpoint(run)
-    if config.model.kind != "image" or config.model.base != "data":
-        raise SystemExit(f"{run}: needs an image model with the data base")
-    data_config = config.data if data is None else dataclasses.replace(
-        config.data, path=data, dataset=None)
-    train, _ = load_data(data_config, config.model, seed=config.train.seed)
+    config, energy, generator, meta, train, _ = load_image_run(run, data)
     if args.floor is not None:  # the base refitted to the training digits at a new floor
-        config.model.base_min_variance = energy.config.base_min_variance = args.floor
-        energy.fit_base(train.batch(torch.arange(min(len(train), 60_000))))
+        refit_floor(config, energy, train, args.floor)
     if args.quadratic:
         config.model.quadratic_experts = args.quadratic
         grown = EnergyModel(config.model)
@@ -103,7 +97,7 @@ def finetune(run: str, out: Path, data: str | None, args: argparse.Namespace) ->
             g_v, grad_g = target.g(v, grad=True)
             for _ in range(args.chain_steps):
                 v, g_v, grad_g, accept = mala_step(target, v, g_v, grad_g, 1.0, step, noise)
-                step = step * torch.exp(0.05 * (accept.double() - TARGET_ACCEPTANCE)).float()
+                step = adapt_step_size(step, accept)
         negatives = energy.affine.restore((target.mean + v * scale).view(len(v), *target.shape))
         digits = train.batch(torch.from_numpy(rng.integers(0, len(train), args.batch)))
         x = torch.from_numpy(dequantise(digits.numpy(), rng)[0]).float()  # as eval scores them
@@ -153,17 +147,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from ebgen.eval import evaluate
-    from ebgen.export import export_model
-
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch) / "checkpoint"
         finetune(args.run, checkpoint, args.data, args)
-        model_dir = export_model(checkpoint, Path(scratch) / "model", archive=False,
-                                 progress=False, log_z={"chains": args.chains,
-                                                        "temperatures": args.temperatures})
-        report = evaluate(model_dir, num_samples=2000, data_path=args.data, device="cpu",
-                          anomaly=True)
+        report = report_with_log_z(checkpoint, Path(scratch), args.data, args.chains,
+                                   args.temperatures)
     like, auroc = report["likelihood"], report["anomaly"]["energy"]
     print(json.dumps({
         "bits_per_dim": round(like["bits_per_dim"], 3),

@@ -115,6 +115,11 @@ def mala_step(target: WhitenedEnergy, v, g_v, grad_g, beta: float, step: torch.T
             torch.where(keep, grad_g_p, grad_g), accept)
 
 
+def adapt_step_size(step: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
+    """Each chain's next MALA step size: nudged towards `TARGET_ACCEPTANCE` by its last move."""
+    return step * torch.exp(0.05 * (accept.double() - TARGET_ACCEPTANCE)).float()
+
+
 def _anneal(target: WhitenedEnergy, v: torch.Tensor, betas: torch.Tensor, step: torch.Tensor,
             generator: torch.Generator, progress: Callable[[int], None] | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
@@ -127,9 +132,8 @@ def _anneal(target: WhitenedEnergy, v: torch.Tensor, betas: torch.Tensor, step: 
         log_w += (betas[t] - betas[t - 1]).item() * (target.h(v) - g_v)
         v, g_v, grad_g, accept = mala_step(target, v, g_v, grad_g, betas[t].item(), step,
                                             generator)
-        rate = accept.double()
-        step = step * torch.exp(0.05 * (rate - TARGET_ACCEPTANCE)).float()
-        accepted += float(rate.mean())
+        step = adapt_step_size(step, accept)
+        accepted += float(accept.double().mean())
         if progress is not None:
             progress(1)
     return log_w, v, step, accepted / max(1, len(betas) - 1)
