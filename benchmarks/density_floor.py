@@ -38,15 +38,6 @@ def load_image_run(run: str, data: str | None) -> tuple:
     return config, energy, generator, meta, train, heldout
 
 
-def refit_floor(config, energy, train, floor: float) -> None:
-    """Refit the energy's data base to the training images at variance floor `floor` (and
-    record the floor in `config`)."""
-    import torch
-
-    config.model.base_min_variance = energy.config.base_min_variance = floor
-    energy.fit_base(train.batch(torch.arange(min(len(train), 60_000))))
-
-
 def report_with_log_z(checkpoint: Path, scratch: Path, data: str | None, chains: int,
                       temperatures: int) -> dict:
     """`ebgen eval --anomaly` (2,000 samples) of `checkpoint` exported into `scratch` with
@@ -82,9 +73,10 @@ def base_only_bits_per_dim(run: str, data: str | None, seed: int = 0) -> dict:
 def refloored(run: str, floor: float, data: str | None, out: Path) -> Path:
     """A copy of checkpoint `run` with its data base refitted at variance floor `floor`."""
     from ebgen.checkpoint import save_checkpoint
+    from ebgen.train.density import refit_base
 
     config, energy, generator, meta, train, _ = load_image_run(run, data)
-    refit_floor(config, energy, train, floor)
+    energy = refit_base(config, energy, train, "data", floor)
     save_checkpoint(out, config, energy, generator, meta.get("step", 0))
     return out
 

@@ -71,8 +71,23 @@ def config_options(skip: tuple[str, ...] = ("seed", "device")):
     return decorate
 
 
-def _field_option(fld, hint):
-    """The click option of one config field."""
+def settings_options(kind: type):
+    """One option per field of settings dataclass `kind` (`ebgen.config.opt` fields), each
+    defaulting to the field's own default: `--chain-steps` ↔ `chain_steps`."""
+    import dataclasses
+    import typing
+
+    def decorate(f):
+        hints = typing.get_type_hints(kind)
+        for fld in reversed(dataclasses.fields(kind)):
+            f = _field_option(fld, hints[fld.name], preset=False)(f)
+        return f
+    return decorate
+
+
+def _field_option(fld, hint, preset: bool = True):
+    """The click option of one config field: defaulting to None ("from the preset"), or with
+    `preset=False` to the field's default."""
     import dataclasses
     import typing
 
@@ -84,13 +99,14 @@ def _field_option(fld, hint):
     default = [] if fld.default is dataclasses.MISSING else fld.default
     shown = "none" if default is None else ("on" if default is True else
                                              "off" if default is False else default)
-    text = f"{meta.get('help', '')} (default: from the preset, else {shown})"
+    text = f"{meta.get('help', '')} (default: {'from the preset, else ' if preset else ''}{shown})"
+    default = None if preset else default
     if base is bool:
         flag = fld.name.replace("_", "-")
-        return click.option(f"--{flag}/--no-{flag}", fld.name, default=None, help=text)
+        return click.option(f"--{flag}/--no-{flag}", fld.name, default=default, help=text)
     if typing.get_origin(base) is list:
         return click.option(name, fld.name, type=typing.get_args(base)[0], multiple=True,
-                            help=text)
+                            default=default, help=text)
     choices = tuple(meta.get("choices") or ())
     if choices:
         kind = click.Choice(choices + (("none",) if optional else ()))
@@ -99,7 +115,7 @@ def _field_option(fld, hint):
     metavar = None if choices else {int: "INT", float: "FLOAT"}.get(base, "TEXT")
     if name == "--data":
         metavar = "PATH"
-    return click.option(name, fld.name, type=kind, default=None, metavar=metavar, help=text)
+    return click.option(name, fld.name, type=kind, default=default, metavar=metavar, help=text)
 
 
 def config_overrides(fields: dict) -> dict:

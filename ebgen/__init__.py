@@ -39,16 +39,9 @@ def load_torch(path, device: str = "cpu"):
 
         >>> ebgen.load_torch("ring").energy_grad([[0.0, 2.0]])   # doctest: +SKIP
     """
-    from pathlib import Path
+    from .torch_model import TorchModel, checkpoint_directory
 
-    from .names import CONFIG_FILE
-    from .runtime import resolve_model_path as resolve
-    from .torch_model import TorchModel, torch_directory
-
-    checkpoint = Path(path).expanduser()
-    if (checkpoint / CONFIG_FILE).is_file():  # a training checkpoint: its own weights
-        return TorchModel(checkpoint, device)
-    return TorchModel(torch_directory(resolve(path)), device)
+    return TorchModel(checkpoint_directory(path), device)
 
 
 def load_refiner(path, device: str = "cpu"):

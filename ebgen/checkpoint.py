@@ -137,14 +137,17 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(directory: str | Path, config: Config, energy: torch.nn.Module,
                     generator: torch.nn.Module, step: int,
-                    trainer_state: dict[str, Any] | None = None) -> None:
-    """Write a complete checkpoint of both networks (and the trainer state) atomically."""
+                    trainer_state: dict[str, Any] | None = None,
+                    extra: dict[str, Any] | None = None) -> None:
+    """Write a complete checkpoint of both networks (and the trainer state) atomically;
+    `extra` adds keys to config.json (what produced it, say)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     recover(directory)
     tag = {_STEP_KEY: str(step)}
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "ebgen_version": __version__,
-            "torch_version": torch.__version__, "step": step, **config.to_dict()}
+            "torch_version": torch.__version__, "step": step, **config.to_dict(),
+            **(extra or {})}
     writers: dict[str, Callable[[Path], None]] = {
         ENERGY_WEIGHTS: lambda p: save_file(_state(energy), str(p), metadata=tag),
         GENERATOR_WEIGHTS: lambda p: save_file(_state(generator), str(p), metadata=tag),

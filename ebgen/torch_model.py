@@ -113,6 +113,17 @@ class TorchModel:
                 / np.sin(omega)).astype(np.float32)
 
 
+def checkpoint_directory(path: str | Path) -> Path:
+    """The PyTorch checkpoint behind `path`: a training checkpoint itself, else the torch/
+    folder of a model directory or bundled model."""
+    from .runtime import resolve_model_path
+
+    checkpoint = Path(path).expanduser()
+    if (checkpoint / CONFIG_FILE).is_file():
+        return checkpoint
+    return torch_directory(resolve_model_path(str(path)))
+
+
 def torch_directory(model_dir: Path) -> Path:
     """Where the PyTorch weights of a model directory live (its torch/ folder)."""
     folder = model_dir / TORCH_DIR

@@ -180,10 +180,16 @@ def test_an_image_covariance_base_is_the_images_gaussian_fit_and_ais_normalises_
 
 
 @pytest.mark.slow
-def test_likelihood_finetune_benchmark_changes_the_energy_and_reports_bits_per_dim(tmp_path):
-    """`benchmarks/likelihood_finetune.py` on a tiny image run with the data base: the chains'
-    updates and the new quadratic experts change where the experts lower the energy, and the
-    fine-tuned energy is exported with log Z and evaluated."""
+@pytest.mark.parametrize("options", [
+    ["--no-reset-experts", "--floor", "0.05", "--quadratic", "4"],
+    ["--base", "covariance", "--floor", "0.001", "--lr", "1e-3"]],
+    ids=["kept-experts-quadratic", "reset-covariance"])
+def test_likelihood_finetune_benchmark_changes_the_energy_and_reports_bits_per_dim(tmp_path,
+                                                                                  options):
+    """`benchmarks/likelihood_finetune.py` on a tiny image run with the data base: the refit
+    (with the trained experts and new quadratic ones, or from a swapped base with the experts
+    reset) changes where the experts lower the energy, and the fitted energy is exported with
+    log Z and evaluated."""
     import subprocess
     import sys
     from pathlib import Path
@@ -192,8 +198,8 @@ def test_likelihood_finetune_benchmark_changes_the_energy_and_reports_bits_per_d
     train(preset_config("tiny", base="data", steps=20), run, progress=False)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood_finetune.py"
     done = subprocess.run([sys.executable, str(script), str(run), "--updates", "250",
-                           "--chain-steps", "2", "--quadratic", "4", "--chains", "4",
-                           "--temperatures", "20"], capture_output=True, text=True, timeout=600)
+                           "--chain-steps", "2", "--chains", "4", "--temperatures", "20",
+                           *options], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     profiles = [line.split(": ", 1)[1] for line in lines if line.startswith("base(x) − E(x)")]
