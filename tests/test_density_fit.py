@@ -104,3 +104,16 @@ def test_fit_density_command_writes_a_checkpoint_that_exports_with_log_z(tmp_pat
     assert math.isfinite(json.loads((model / "model.json").read_text())["log_partition"]["log_z"])
     refused = runner.invoke(cli, ["fit-density", str(run), "--out", str(run)])
     assert refused.exit_code == 2 and "holds the run itself" in refused.output
+
+
+def test_fit_density_of_a_run_whose_data_is_elsewhere_asks_for_data(tmp_path):
+    """A run trained on a folder that is not here (the bundled mnist on a user's machine) gets
+    a one-line error naming --data, not a traceback."""
+    run = tmp_path / "run"
+    train(preset_config("tiny", base="data", steps=2), run, progress=False)
+    config_file = run / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["data"].update(path=str(tmp_path / "gone"), dataset="mnist")
+    config_file.write_text(json.dumps(saved))
+    result = CliRunner().invoke(cli, ["fit-density", str(run), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "give its data with --data PATH" in result.output
