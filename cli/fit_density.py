@@ -23,13 +23,15 @@ from .options import json_option, settings_options
 def fit_density_command(run, out, data, quiet, as_json, **settings) -> None:
     """Refit a trained energy for likelihood (a normalised density that scores well).
 
-    Training contrasts the data with the generator's samples, which places the energy's low
-    regions but never asks it for likelihood. This refits the energy alone by maximum
-    likelihood, its negatives persistent Langevin chains on exp(-E): by default from a
-    Gaussian base refitted at a tight variance floor, with the softplus experts reset, so
-    it starts at the Gaussian's likelihood. The generator is kept; export with --log-z to
-    serve the normalised log_density. It trades anomaly ranking for likelihood: on the
-    bundled digits, blurred digits rank as more likely (README: bits/dim on MNIST).
+    RUN is a training checkpoint, or a model directory or bundled model that carries its
+    PyTorch weights. Training contrasts the data with the generator's samples, which places
+    the energy's low regions but never asks it for likelihood. This refits the energy alone
+    by maximum likelihood, its negatives persistent Langevin chains on exp(-E): by default
+    from a Gaussian base refitted at a tight variance floor, with the softplus experts
+    reset, so that it starts at the Gaussian's likelihood. The generator is kept; export
+    with --log-z to serve the normalised log_density. It trades anomaly ranking for
+    likelihood: on the bundled digits, half the blurred digits rank as more likely than
+    clean ones (blur AUROC 0.52; README: "A density fitted for likelihood").
 
     \b
     Examples:

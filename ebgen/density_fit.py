@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import opt
+from .errors import EbgenError
 
 #: The base kinds a fit may refit (both fitted to the training data, neither learned).
 FIXED_BASES = ("data", "covariance")
@@ -31,3 +32,17 @@ class DensityFit:
     restart: float = opt(0.05, "Share of chains redrawn from the base each update.")
     gradient_penalty: float = opt(0.1, "R1 weight on the experts' gradient at the data.")
     seed: int = opt(0, "Random seed.")
+
+    def __post_init__(self) -> None:
+        """One-line errors for settings no fit can run with."""
+        least = {"updates": 0, "chains": 2, "chain_steps": 1, "gradient_penalty": 0}
+        for name, low in least.items():
+            if getattr(self, name) < low:
+                raise EbgenError(f"{name.replace('_', '-')} must be at least {low}, got "
+                                 f"{getattr(self, name)}")
+        if not (self.lr > 0 and self.floor > 0):
+            raise EbgenError(f"lr and floor must be positive, got {self.lr} and {self.floor}")
+        if not 0 <= self.restart <= 1:
+            raise EbgenError(f"restart is a share of the chains, in [0, 1]: got {self.restart}")
+        if self.base is not None and self.base not in FIXED_BASES:
+            raise EbgenError(f"base {self.base!r}: expected one of {', '.join(FIXED_BASES)}")

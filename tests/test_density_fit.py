@@ -117,3 +117,25 @@ def test_fit_density_of_a_run_whose_data_is_elsewhere_asks_for_data(tmp_path):
     config_file.write_text(json.dumps(saved))
     result = CliRunner().invoke(cli, ["fit-density", str(run), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "give its data with --data PATH" in result.output
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--chains", "1", "chains must be at least 2"),
+    ("--restart", "1.5", "restart is a share of the chains"),
+    ("--floor", "0", "lr and floor must be positive")])
+def test_fit_density_refuses_settings_no_fit_can_run_with(tmp_path, option, value, message):
+    result = CliRunner().invoke(cli, ["fit-density", "mnist", "--out", str(tmp_path / "o"),
+                                      option, value])
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_fit_density_will_not_write_over_a_bundled_models_weights():
+    """A model directory's torch/ folder is the run: --out may be neither it nor the model
+    directory around it."""
+    from ebgen.bundled import bundled_model_path
+
+    model = bundled_model_path("mnist")
+    for out in (model, model / "torch"):
+        result = CliRunner().invoke(cli, ["fit-density", "mnist", "--out", str(out)])
+        assert result.exit_code == 2 and "holds the run itself" in result.output

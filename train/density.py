@@ -15,8 +15,8 @@ short chains never found the narrow wells their sines dig, and the held-out like
 (normalised exactly on a grid) fell by 1–80 nats instead of rising by 1.4.
 
 `ebgen.density_fit.DensityFit` holds the settings (`ebgen fit-density`'s options);
-`fit_density` applies them to
-a checkpoint and writes the fitted one, its generator untouched. The fit runs on the CPU.
+`fit_density` applies them to a checkpoint and writes the fitted one, its generator
+untouched. The fit runs on the CPU.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ from ..errors import EbgenError
 from ..export.partition import WhitenedEnergy, adapt_step_size, mala_step
 from ..metrics.likelihood import dequantise
 from ..models import EnergyModel
+from ..names import TORCH_DIR
+
 
 def refit_base(config: Config, energy: EnergyModel, data: Dataset, kind: str,
                floor: float) -> EnergyModel:
@@ -135,8 +137,9 @@ def fit_density(run: str | Path, out: str | Path, fit: DensityFit | None = None,
     from ..torch_model import checkpoint_directory
 
     fit = fit or DensityFit()
-    checkpoint = checkpoint_directory(run)
-    if Path(out).resolve() in (checkpoint.resolve(), checkpoint.resolve().parent):
+    checkpoint = checkpoint_directory(run).resolve()
+    own = {checkpoint, checkpoint.parent} if checkpoint.name == TORCH_DIR else {checkpoint}
+    if Path(out).resolve() in own:  # the run, or the model directory around its weights
         raise EbgenError(f"--out {out} holds the run itself: write the fitted energy elsewhere")
     config, energy, generator, meta = load_checkpoint(checkpoint)
     if data is None and config.data.path and not Path(config.data.path).expanduser().exists():
