@@ -34,14 +34,13 @@ def expert_profile(energy, digits) -> str:
     digits plus Gaussian noise, and at samples of the base alone: where they lower E most."""
     import torch
 
-    from ebgen.export.partition import WhitenedEnergy
-    from ebgen.train.density import base_energy
+    from ebgen.whitened import WhitenedEnergy
 
     target = WhitenedEnergy(energy)
 
     def lowered(x: torch.Tensor) -> float:
         with torch.no_grad():
-            base = base_energy(target, energy.affine.standardise(x)).double()
+            base = target.base_energy(energy.affine.standardise(x)).double()
             return float((base - energy(x).double()).mean())
 
     noise = torch.Generator().manual_seed(1)

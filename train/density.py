@@ -6,13 +6,13 @@ their features are large, and piecewise-linear features grow away from the data,
 normalised density (log Z by `ebgen.export.partition`'s AIS) scores worse than a Gaussian.
 `refit_energy` refits the energy alone by stochastic maximum likelihood: the gradient of the
 data's mean energy less that of persistent Metropolis-adjusted Langevin chains on exp(−E), run
-in the base-whitened coordinates AIS uses, with R1 on the experts (E less its fixed base) at
-the data. By default it first refits the base (the data's diagonal Gaussian or full
-covariance) at a tight variance floor and zeroes the softplus experts' weights, so the fit
-starts at the base's own likelihood with the chains in equilibrium (samples of the base).
-Random Fourier features are switched off for the fit: on a 2-D ring, with them on, the
-short chains never found the narrow wells their sines dig, and the held-out likelihood
-(normalised exactly on a grid) fell by 1–80 nats instead of rising by 1.4.
+in the base-whitened coordinates AIS uses (`ebgen.whitened`), with R1 on the experts (E less
+its fixed base) at the data. By default it first refits the base (the data's diagonal
+Gaussian or full covariance) at a tight variance floor and zeroes the softplus experts'
+weights, so the fit starts at the base's own likelihood with the chains in equilibrium
+(samples of the base). Random Fourier features are switched off for the fit: on a 2-D ring,
+with them on, the short chains never found the narrow wells their sines dig, and the
+held-out likelihood (normalised exactly on a grid) fell by 1–80 nats instead of rising by 1.4.
 
 `ebgen.density_fit.DensityFit` holds the settings (`ebgen fit-density`'s options);
 `fit_density` applies them to a checkpoint and writes the fitted one, its generator
@@ -33,10 +33,10 @@ from ..config import Config
 from ..data import Dataset
 from ..density_fit import FIXED_BASES, DensityFit
 from ..errors import EbgenError
-from ..export.partition import WhitenedEnergy, adapt_step_size, mala_step
 from ..metrics.likelihood import dequantise
 from ..models import EnergyModel
 from ..names import TORCH_DIR
+from ..whitened import WhitenedEnergy, adapt_step_size, mala_step
 
 
 def refit_base(config: Config, energy: EnergyModel, data: Dataset, kind: str,
@@ -57,18 +57,6 @@ def refit_base(config: Config, energy: EnergyModel, data: Dataset, kind: str,
     energy.config.base, energy.config.base_min_variance = kind, floor
     energy.fit_base(data.batch(torch.arange(min(len(data), 60_000))))
     return energy.eval()
-
-
-def whiten(target: WhitenedEnergy, u: torch.Tensor) -> torch.Tensor:
-    """Whitened coordinates v of standardised inputs `u` (N, ...): u = μ + L v, L lower
-    triangular (diagonal for the data base, the Cholesky factor for the covariance base)."""
-    centred = (u.flatten(1) - target.mean).T
-    return torch.linalg.solve_triangular(target.scale_t.T, centred, upper=False).T
-
-
-def base_energy(target: WhitenedEnergy, u: torch.Tensor) -> torch.Tensor:
-    """The base's energy ½‖v‖² at standardised inputs `u` (differentiable in u)."""
-    return 0.5 * whiten(target, u).pow(2).sum(1)
 
 
 def refit_energy(config: Config, energy: EnergyModel, data: Dataset, fit: DensityFit,
@@ -106,7 +94,7 @@ def refit_energy(config: Config, energy: EnergyModel, data: Dataset, fit: Densit
         energy_data, energy_chains = energy(x), energy(negatives.float())
         loss = energy_data.mean() - energy_chains.mean()
         if fit.gradient_penalty > 0:  # R1 of the experts: E less its fixed base
-            experts = energy_data - base_energy(target, energy.affine.standardise(x))
+            experts = energy_data - target.base_energy(energy.affine.standardise(x))
             (grad,) = torch.autograd.grad(experts.sum(), x, create_graph=True)
             loss = loss + fit.gradient_penalty * grad.flatten(1).pow(2).sum(1).mean()
         optimizer.zero_grad(set_to_none=True)
