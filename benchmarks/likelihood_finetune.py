@@ -49,7 +49,7 @@ def expert_profile(energy, digits) -> str:
         points[f"digits + N(0, {sd:g}²)"] = digits + sd * torch.randn(digits.shape,
                                                                     generator=noise)
     v = torch.randn(len(digits), target.dim, generator=noise)
-    points["base samples"] = (target.mean + v @ target.scale_t).view(digits.shape)
+    points["base samples"] = target.inputs(v)
     return "; ".join(f"{name} {lowered(x):.0f}" for name, x in points.items())
 
 

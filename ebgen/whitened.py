@@ -35,13 +35,17 @@ class WhitenedEnergy:
         """g(v) (float64) and, with `grad`, ∇g(v)."""
         with torch.enable_grad():
             v = v.detach().requires_grad_(grad)
-            u = self.mean + v @ self.scale_t
-            x = self.energy.affine.restore(u.view(len(v), *self.shape))
+            x = self.inputs(v)
             value = self.energy(x).double() - self.energy_log_det
             if not grad:
                 return value.detach(), None
             (gradient,) = torch.autograd.grad(value.sum(), v)
         return value.detach(), gradient.detach()
+
+    def inputs(self, v: torch.Tensor) -> torch.Tensor:
+        """The energy's inputs x (in the data's units and shape) at whitened coordinates `v`."""
+        u = self.mean + v @ self.scale_t
+        return self.energy.affine.restore(u.view(len(v), *self.shape))
 
     def whiten(self, u: torch.Tensor) -> torch.Tensor:
         """Whitened coordinates v of standardised inputs `u` (N, ...): solves u = μ + L v (L

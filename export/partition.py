@@ -28,6 +28,7 @@ import torch
 
 from ..whitened import WhitenedEnergy, adapt_step_size, mala_step
 
+
 @dataclass
 class PartitionEstimate:
     """What `log_partition` found; `to_dict` is model.json's `log_partition` entry."""
@@ -54,8 +55,9 @@ def sigmoid_schedule(temperatures: int, sharpness: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def _anneal(target: WhitenedEnergy, v: torch.Tensor, betas: torch.Tensor, step: torch.Tensor,
-            generator: torch.Generator, progress: Callable[[int], None] | None
+def _anneal(target: WhitenedEnergy, v: torch.Tensor, betas: torch.Tensor,
+            step: torch.Tensor, generator: torch.Generator,
+            progress: Callable[[int], None] | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Run chains from `v` through `betas` (in order); (log weights, end states, step sizes,
     mean acceptance). Weight increments are log f_β(t)(v) − log f_β(t−1)(v) before each step."""

@@ -85,8 +85,7 @@ def refit_energy(config: Config, energy: EnergyModel, data: Dataset, fit: Densit
             for _ in range(fit.chain_steps):
                 v, g_v, grad_g, accept = mala_step(target, v, g_v, grad_g, 1.0, step, noise)
                 step = adapt_step_size(step, accept)
-        negatives = energy.affine.restore((target.mean + v @ target.scale_t)
-                                          .view(len(v), *target.shape))
+        negatives = target.inputs(v)
         x = data.batch(torch.from_numpy(rng.integers(0, len(data), fit.chains)))
         if images:  # scored as `ebgen eval` scores them: spread over their 8-bit bins
             x = torch.from_numpy(dequantise(x.numpy(), rng)[0]).float()
