@@ -89,11 +89,12 @@ class ModelConfig:
                                    "off).")
     fourier_max_frequency: float = opt(32.0, "Highest Fourier frequency, in radians per "
                                              "standard deviation of the data.")
-    num_components: int = opt(0, "Points: split the latent into K components (equal "
-                                 "weights unless --component-reweighting learns them; "
-                                 "(picked by z's first coordinate, each with its own first-layer "
-                                 "offset) so samples can form separate modes with no bridge "
-                                 "between them; 0 = one connected latent.")
+    num_components: int = opt(0, "Split the latent into K components, picked by z's first "
+                                 "coordinate, each with its own first-layer offset, so samples "
+                                 "can form separate modes (clusters, digit classes) with no "
+                                 "bridge of samples between them; equal weights unless "
+                                 "--component-reweighting learns them (points). 0 = one "
+                                 "connected latent.")
     base: str = opt("gaussian", "The energy's base term: gaussian (learned isotropic scale and "
                                 "bias), data (the training data's per-dimension mean and "
                                 "variance) or covariance (their mean and full covariance, "
@@ -140,9 +141,8 @@ class ModelConfig:
                              f"got {self.fourier_max_frequency}")
         if self.quadratic_experts < 0:
             raise EbgenError(f"quadratic_experts must be >= 0, got {self.quadratic_experts}")
-        if self.num_components < 0 or (self.num_components and self.kind != "points"):
-            raise EbgenError(f"num_components needs a points model and must be >= 0, "
-                             f"got {self.num_components}")
+        if self.num_components < 0:
+            raise EbgenError(f"num_components must be >= 0, got {self.num_components}")
         for name in ("data_shift", "data_scale"):
             value = getattr(self, name)
             if value is not None and (self.kind != "points" or len(value) != self.data_dim):

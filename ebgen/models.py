@@ -185,8 +185,9 @@ class Generator(nn.Module):
 
     Batch norm follows every hidden layer (its scales give the entropy estimate) and, in
     training mode, N(0, noise_std²) is added to each normalised pre-activation. Image outputs
-    pass through tanh into [-1, 1]; point outputs are unbounded. Points generators with
-    `num_components` add a `LatentComponents` offset to the first hidden layer.
+    pass through tanh into [-1, 1]; point outputs are unbounded. With `num_components` a
+    `LatentComponents` offset joins the first hidden layer (for images, the linear layer's
+    output before its batch norm).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -216,6 +217,9 @@ class Generator(nn.Module):
                 channels //= 2
             layers += [nn.ConvTranspose2d(channels, config.channels, 4, 2, 1), nn.Tanh()]
             self.net = nn.Sequential(*layers)
+            if config.num_components:
+                self.components = LatentComponents(config.num_components,
+                                                   layers[0].out_features, config.latent)
         self.affine = InputAffine(config)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

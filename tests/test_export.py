@@ -140,6 +140,23 @@ def test_fresh_sessions_match_pytorch_at_batch_1_7_64(ckpts, exported, kind):
             assert diff.max() <= 1
 
 
+def test_an_image_generator_with_latent_components_exports_and_matches(tmp_path):
+    """Components on an image generator (a table lookup on z's first coordinate) survive the
+    export: raw and uint8 generators match PyTorch on both sides of a component boundary."""
+    ckpt = make_checkpoint(tmp_path / "ckpt", "tiny", num_components=4)
+    model_dir = export_model(ckpt, tmp_path / "model", archive=False, progress=False)
+    _, _, generator, _ = load_checkpoint(ckpt)
+    z = sample_latents(7, 16, seed=3)
+    z[:2, 0] = [-1e-3, 1e-3]  # either side of the boundary at u = 1/2
+    with torch.no_grad():
+        x_ref = generator(torch.from_numpy(z)).numpy()
+    assert np.abs(x_ref[0] - x_ref[1]).max() > 1e-2
+    x = ort_session(model_dir / GENERATOR_ONNX).run(None, {GENERATOR_INPUT: z})[0]
+    np.testing.assert_allclose(x, x_ref, rtol=RTOL, atol=ATOL)
+    pixels = ort_session(model_dir / GENERATOR_UINT8_ONNX).run(None, {GENERATOR_INPUT: z})[0]
+    assert np.abs(pixels.astype(int) - unit_to_uint8(x_ref).astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("kind", ["tiny", "toy2d"])
 def test_model_json_fields(ckpts, exported, kind):
     info = read_model_info(exported[kind])

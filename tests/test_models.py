@@ -153,10 +153,28 @@ def test_latent_components_split_the_latent_equally_and_jump_between_components(
     assert (x[0] - x[1]).abs().max() > 100 * (generator(boundary[:1] * 1.00001) - x[:1]).abs().max()
 
 
-def test_latent_components_are_for_points_models_only():
+def test_latent_components_split_an_image_generator_too():
+    """Image generators take the same components: an offset per component on the first
+    (linear) layer, so digits of different classes need no bridge of in-between samples."""
+    config = ModelConfig(kind="image", image_size=8, channels=1, z_dim=6, generator_width=4,
+                         num_components=4)
+    generator = Generator(config).eval()
+    assert generator.components.offsets.shape == (4, generator.net[0].out_features)
+    z = torch.from_numpy(sample_latents(8000, 6, seed=0))
+    shares = np.bincount(generator.components.index(z).numpy(), minlength=4) / len(z)
+    assert np.allclose(shares, 1 / 4, atol=0.02)
+    boundary = torch.zeros(2, 6)
+    boundary[:, 0] = torch.tensor([-1e-4, 1e-4])  # u = 1/2: between components 1 and 2
+    with torch.no_grad():
+        x = generator(boundary)
+    assert x.shape == (2, 1, 8, 8)
+    assert (x[0] - x[1]).abs().max() > 1e-2
+
+
+def test_latent_components_must_not_be_negative():
     from ebgen.errors import EbgenError
     with pytest.raises(EbgenError, match="num_components"):
-        ModelConfig(kind="image", image_size=8, num_components=4)
+        ModelConfig(kind="image", image_size=8, num_components=-1)
 
 
 ENERGY_VARIANTS = ([{"energy_activation": a} for a in ENERGY_ACTIVATIONS]
