@@ -15,7 +15,15 @@ rest, so both give the same chain from the same seed:
 - `to_normal(z, latent)` / `from_normal(u, latent)`: the change of variables (float64);
 - `mala(u, potential, steps, step_size, rng)`: the Metropolis-adjusted Langevin chain on any
   potential returning (U, ∇U) per row; returns the last states and the mean acceptance;
-- `refine_latents(z, latent, potential, ...)`: checked arguments, batches, progress bar.
+- `refine_latents(z, latent, potential, ...)`: checked arguments, batches, progress bar;
+- `held_coordinates(num_components)`: how many leading latent coordinates the chain keeps.
+
+A generator with latent components (`--num-components`) reads each sample's component from
+z's first coordinate, and the components draw separate modes (the digit classes, the 2-D
+sets' clusters). A chain free to move that coordinate carries samples across components
+towards whichever has the lowest energies, so the modes' shares drift from the trained ones
+(on the digits: a class lost in 30 moves). For such generators the chain holds it and
+samples the other coordinates given it: each sample is refined within its own component.
 """
 from __future__ import annotations
 
@@ -55,15 +63,22 @@ def from_normal(u: np.ndarray, latent: str) -> np.ndarray:
     return 2.0 * _normal_cdf(u).astype(np.float64) - 1.0
 
 
+def held_coordinates(num_components: int) -> int:
+    """Leading latent coordinates refinement keeps fixed: 1 (the component selector) for a
+    generator with latent components, else 0."""
+    return 1 if num_components else 0
+
+
 def mala(u: np.ndarray, potential: Potential, steps: int, step_size: float,
-         rng: np.random.Generator, progress: Callable[[], None] | None = None
-         ) -> tuple[np.ndarray, float]:
+         rng: np.random.Generator, progress: Callable[[], None] | None = None,
+         held: int = 0) -> tuple[np.ndarray, float]:
     """`steps` Metropolis-adjusted Langevin moves of each row of u on `potential`.
 
     Each proposal is u − s²/2 ∇U(u) + s ξ (ξ ~ N(0, I) from `rng`), accepted with the
     Metropolis–Hastings ratio of the two Langevin densities, so the chain leaves exp(−U)
-    invariant for any step size s. `progress` is called after each move. Returns (last states
-    as float32, mean acceptance rate).
+    invariant for any step size s. The first `held` coordinates never move (the chain then
+    samples the rest given them; the same draws of ξ either way). `progress` is called after
+    each move. Returns (last states as float32, mean acceptance rate).
     """
     u = np.asarray(u, dtype=np.float32)
     energy, grad = _evaluate(potential, u)
@@ -72,9 +87,10 @@ def mala(u: np.ndarray, potential: Potential, steps: int, step_size: float,
     for _ in range(steps):
         proposal = (u - half * grad + step_size * rng.standard_normal(u.shape)
                     ).astype(np.float32)
+        proposal[:, :held] = u[:, :held]
         energy_new, grad_new = _evaluate(potential, proposal)
-        forward = np.square(proposal - u + half * grad).sum(1)
-        backward = np.square(u - proposal + half * grad_new).sum(1)
+        forward = np.square(proposal - u + half * grad)[:, held:].sum(1)
+        backward = np.square(u - proposal + half * grad_new)[:, held:].sum(1)
         log_alpha = energy - energy_new + (forward - backward) / (2 * step_size ** 2)
         # a proposal whose potential is not finite is refused (NaN compares false)
         accept = np.log(rng.random(len(u))) < log_alpha
@@ -89,12 +105,13 @@ def mala(u: np.ndarray, potential: Potential, steps: int, step_size: float,
 
 def refine_latents(z: np.ndarray, latent: str, potential: Potential, steps: int,
                    step_size: float, seed: int = 0, batch_size: int = 1000,
-                   progress: bool = False) -> tuple[np.ndarray, float]:
+                   progress: bool = False, held: int = 0) -> tuple[np.ndarray, float]:
     """Latents z (n, z_dim) after `steps` MALA moves on `potential` (of the normal variable
     behind them), `batch_size` rows at a time, noise from numpy's PCG64 on a stream of `seed`
-    apart from the one `sample_latents(seed)` draws from, a bar on stderr with `progress`. Returns (refined z as float32, mean acceptance rate).
-    Raises `EbgenError` for a negative step count, a step size that is not positive, a bad
-    batch size or seed."""
+    apart from the one `sample_latents(seed)` draws from, a bar on stderr with `progress`;
+    the first `held` coordinates stay as they are (`held_coordinates`). Returns (refined z as
+    float32, mean acceptance rate). Raises `EbgenError` for a negative step count, a step size
+    that is not positive, a bad batch size or seed."""
     steps = check_num_samples(steps, low=0)
     batch_size = check_num_samples(batch_size)
     if not (isinstance(step_size, (int, float)) and step_size > 0 and math.isfinite(step_size)):
@@ -112,8 +129,9 @@ def refine_latents(z: np.ndarray, latent: str, potential: Potential, steps: int,
         for start in range(0, len(z), batch_size):
             chunk = z[start:start + batch_size]
             u, rate = mala(to_normal(chunk, latent), potential, steps, float(step_size), rng,
-                           progress=bar.update)
+                           progress=bar.update, held=held)
             refined.append(from_normal(u, latent).astype(np.float32))
+            refined[-1][:, :held] = chunk[:, :held]  # exactly as given, not via Φ and back
             accepted += rate * len(chunk) / len(z)
     return np.concatenate(refined), accepted
 

@@ -31,7 +31,7 @@ from .latents import REFINE_STEP_SIZE, sample_latents
 from .model_format import model_file, read_model_info
 from .names import CALIBRATED_OUTPUTS, CONFIG_FILE, MODEL_FILE, SCORE_OUTPUTS
 from .pixels import unit_to_uint8
-from .refine import refine_latents
+from .refine import held_coordinates, refine_latents
 from .sessions import ort_session
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ class InferenceModel:
                                               np.ascontiguousarray(u)})
             return value, grad
 
+        held = held_coordinates(self.info.get("architecture", {}).get("num_components", 0))
         return refine_latents(z, self.distribution, potential, steps, step_size, seed,
-                              batch_size, progress)
+                              batch_size, progress, held=held)
 
     def generate_uint8(self, num_samples: int, seed: int | None = None) -> np.ndarray:
         """`n` images as uint8 (n, C, H, W) in [0, 255] (image models only)."""

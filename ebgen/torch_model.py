@@ -30,7 +30,7 @@ from .inputs import check_num_samples, check_samples, check_seed
 from .latents import REFINE_STEP_SIZE, sample_latents
 from .names import CONFIG_FILE, TORCH_DIR
 from .potential import LatentPotential
-from .refine import refine_latents
+from .refine import held_coordinates, refine_latents
 
 
 class TorchModel:
@@ -97,7 +97,8 @@ class TorchModel:
         potential = LatentPotential(self.energy_net, self.generator_net,
                                     self.config.model.latent)
         return refine_latents(z, self.config.model.latent, potential.value_and_grad, steps,
-                              step_size, seed, batch_size, progress)
+                              step_size, seed, batch_size, progress,
+                              held=held_coordinates(self.config.model.num_components))
 
     def interpolate(self, z0: np.ndarray, z1: np.ndarray, steps: int = 8) -> np.ndarray:
         """`steps` latents from z0 to z1 (each (z_dim,)), ends included: (steps, z_dim)."""
