@@ -203,8 +203,6 @@ class Generator(nn.Module):
                 size_in = width
             layers.append(nn.Linear(size_in, config.data_dim))
             self.net = nn.Sequential(*layers)
-            if config.num_components:
-                self.components = LatentComponents(config.num_components, width, config.latent)
         else:
             base, steps = _base_size(config.image_size), _num_resamples(config.image_size)
             channels = width * 2 ** (steps - 1)
@@ -217,9 +215,9 @@ class Generator(nn.Module):
                 channels //= 2
             layers += [nn.ConvTranspose2d(channels, config.channels, 4, 2, 1), nn.Tanh()]
             self.net = nn.Sequential(*layers)
-            if config.num_components:
-                self.components = LatentComponents(config.num_components,
-                                                   layers[0].out_features, config.latent)
+        if config.num_components:  # an offset on the first (linear) layer's output
+            self.components = LatentComponents(config.num_components,
+                                               self.net[0].out_features, config.latent)
         self.affine = InputAffine(config)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
